@@ -1,0 +1,310 @@
+"""The node's configuration: one frozen, typed object.
+
+Built-in defaults, then a TOML file, then command-line options; each layer
+overrides the one before. Every key is declared once, here, with its type,
+default and a line of documentation; ``docs/configuration.md`` is generated
+from these declarations (``python -m zentalk_relay.config``) and a test keeps
+the two equal. Unknown keys and bad values raise :class:`ConfigError` with
+one line that names where the value came from, the key and what is wrong,
+so that start-up stops before anything listens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import os
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, get_args, get_origin, get_type_hints
+
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased as one line for the operator."""
+
+    def __init__(self, origin: str, key: str, problem: str) -> None:
+        super().__init__(f"{origin}: {key}: {problem}")
+        self.origin = origin
+        self.key = key
+        self.problem = problem
+
+
+def setting(default: Any = dataclasses.MISSING, *, doc: str, check: Callable[[Any], None] | None = None,
+            factory: Callable[[], Any] | None = None, shown_default: str | None = None) -> Any:
+    """Declare one setting: its default, its documentation and an optional check.
+
+    ``check`` raises ValueError with a message when a value is wrong.
+    """
+    metadata = {"doc": doc, "check": check, "shown_default": shown_default}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+# -- value checks -----------------------------------------------------------
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """``1.2.3.4:3478`` or ``[::1]:3478`` into a host and port."""
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"{text!r} is not [IPv6]:port")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep or ":" in host:
+            raise ValueError(f"{text!r} is not host:port (write IPv6 addresses as [addr]:port)")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} in {text!r} is not an IP address") from None
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"port {port!r} in {text!r} is not 0-65535")
+    return host, int(port)
+
+
+def _check_udp_addresses(values: tuple[str, ...]) -> None:
+    for value in values:
+        parse_host_port(value)
+
+
+def _check_stream_endpoint(value: str) -> None:
+    """A Twisted server endpoint string, parsed without listening."""
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        serverFromString(None, value)
+    except Exception as error:  # Twisted raises several types for a bad string
+        raise ValueError(f"{value!r} is not a server endpoint string ({error})") from None
+
+
+def _check_log_level(value: str) -> None:
+    if value not in LOG_LEVELS:
+        raise ValueError(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
+
+
+def _check_positive(value: int) -> None:
+    if value <= 0:
+        raise ValueError(f"{value} is not positive")
+
+
+def _check_software(value: str) -> None:
+    if len(value) >= 128:
+        raise ValueError("SOFTWARE must be fewer than 128 characters (RFC 8489)")
+
+
+def default_data_dir() -> Path:
+    """systemd's StateDirectory when run as a unit, else a per-user directory."""
+    state = os.environ.get("STATE_DIRECTORY")
+    if state:
+        return Path(state.split(":")[0])
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "zentalk-relay"
+
+
+# -- the settings -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    data_dir: Path = setting(
+        factory=default_data_dir,
+        shown_default='"$STATE_DIRECTORY" under systemd, else "~/.local/share/zentalk-relay"',
+        doc="Directory for keys and state. Created with mode 0700 on first start.",
+    )
+    log_level: str = setting("info", check=_check_log_level,
+                             doc="Lowest level of the node's own log events: debug, info, warn, error, critical.")
+
+
+@dataclass(frozen=True, slots=True)
+class StunConfig:
+    enabled: bool = setting(True, doc="Serve STUN Binding over UDP.")
+    udp: tuple[str, ...] = setting(
+        ("0.0.0.0:3478", "[::]:3478"), check=_check_udp_addresses,
+        doc="UDP addresses to answer on, `host:port` or `[v6]:port`; port 0 picks a free port.",
+    )
+    software: str = setting("zentalk-relay", check=_check_software,
+                            doc="SOFTWARE attribute in responses; empty to send none.")
+    socket_buffer: int = setting(4 * 1024 * 1024, check=_check_positive,
+                                 doc="Requested SO_RCVBUF and SO_SNDBUF in bytes, so bursts are not dropped by the kernel.")
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    enabled: bool = setting(True, doc="Serve /metrics, /healthz and /status over HTTP.")
+    listen: str = setting("tcp:9464:interface=127.0.0.1", check=_check_stream_endpoint,
+                          doc="Twisted endpoint string for the HTTP listener. Keep it on loopback or behind a firewall.")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    node: NodeConfig = field(default_factory=NodeConfig)
+    stun: StunConfig = field(default_factory=StunConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+
+# -- loading ----------------------------------------------------------------
+
+
+def _sections() -> dict[str, type]:
+    return {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
+
+
+def known_keys() -> list[str]:
+    return [f"{name}.{f.name}" for name, cls in _sections().items() for f in dataclasses.fields(cls)]
+
+
+def _unknown(origin: str, key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, known_keys(), n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return ConfigError(origin, key, f"unknown key{hint}")
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is tuple:
+        return f"list of {get_args(tp)[0].__name__}"
+    return {bool: "boolean", int: "integer", float: "number", str: "string", Path: "path"}[tp]
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    """Check a TOML value against a declared type; raise ValueError if it does not fit."""
+    if get_origin(tp) is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"expected a list, got {type(value).__name__}")
+        inner = get_args(tp)[0]
+        return tuple(_coerce(inner, item) for item in value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {value!r}")
+        return value
+    if tp is Path:
+        if not isinstance(value, (str, Path)):
+            raise ValueError(f"expected a path string, got {value!r}")
+        return Path(value).expanduser()
+    raise TypeError(tp)
+
+
+def _field(section: str, name: str) -> tuple[type, dataclasses.Field]:
+    cls = _sections()[section]
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return hints[name], f
+    raise KeyError(name)
+
+
+def _apply(values: dict[str, dict[str, Any]], origin: str, key: str, raw: Any) -> None:
+    section, _, name = key.partition(".")
+    if section not in _sections() or not name:
+        raise _unknown(origin, key)
+    try:
+        tp, f = _field(section, name)
+    except KeyError:
+        raise _unknown(origin, key) from None
+    try:
+        value = _coerce(tp, raw)
+        if f.metadata["check"] is not None:
+            f.metadata["check"](value)
+    except ValueError as error:
+        raise ConfigError(origin, key, str(error)) from None
+    values.setdefault(section, {})[name] = value
+
+
+def read_file(path: Path) -> list[tuple[str, Any]]:
+    """A TOML file as (dotted key, value) pairs; a syntax error names the file."""
+    origin = str(path)
+    try:
+        with open(path, "rb") as handle:
+            document = tomllib.load(handle)
+    except OSError as error:
+        raise ConfigError(origin, "-", f"cannot read: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(origin, "-", f"not valid TOML: {error}") from None
+    pairs: list[tuple[str, Any]] = []
+    for section, table in document.items():
+        if not isinstance(table, dict):
+            if section in _sections():
+                raise ConfigError(origin, section, "expected a [table]")
+            raise _unknown(origin, section)
+        for name, value in table.items():
+            pairs.append((f"{section}.{name}", value))
+    return pairs
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` from the command line; the value is TOML, or else a bare string."""
+    key, sep, raw = text.partition("=")
+    if not sep:
+        raise ConfigError("--set", text, "expected key=value")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def load(path: Path | None = None, overrides: list[tuple[str, str, Any]] = ()) -> Config:
+    """Defaults, then the file at ``path``, then ``overrides`` as (origin, key, value)."""
+    values: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        for key, value in read_file(path):
+            _apply(values, str(path), key, value)
+    for origin, key, value in overrides:
+        _apply(values, origin, key, value)
+    sections = {name: cls(**values.get(name, {})) for name, cls in _sections().items()}
+    return Config(**sections)
+
+
+# -- documentation ----------------------------------------------------------
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return str(value)
+
+
+def describe() -> Iterator[tuple[str, str, str, str]]:
+    """(key, type, default, documentation) for every setting."""
+    for section, cls in _sections().items():
+        hints = get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.metadata["shown_default"]:
+                default = f.metadata["shown_default"]
+            else:
+                default = _toml_value(f.default)
+            yield f"{section}.{f.name}", _type_name(hints[f.name]), default, f.metadata["doc"]
+
+
+def markdown_table() -> str:
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, type_name, default, doc in describe():
+        lines.append(f"| `{key}` | {type_name} | `{default}` | {doc} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown_table())

@@ -1,0 +1,80 @@
+"""Opening listening sockets with errors an operator can act on.
+
+UDP sockets are made here and handed to the reactor with
+``adoptDatagramPort`` so that IPv6 sockets can be IPv6-only (an IPv4 and an
+IPv6 socket on the same port then coexist) and kernel buffers can be sized
+before the first burst. Stream listeners are Twisted endpoint strings.
+A socket that cannot be opened raises :class:`ListenError` naming the
+endpoint, which stops start-up.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.endpoints import serverFromString
+from twisted.python.failure import Failure
+
+from .config import parse_host_port
+
+#: Largest datagram the reactor will read: a full UDP payload.
+MAX_DATAGRAM = 65535
+
+
+class ListenError(Exception):
+    """A listener could not be opened; the message names the endpoint."""
+
+
+def describe_port(kind: str, port: IListeningPort) -> str:
+    """``udp:127.0.0.1:3478`` / ``tcp:[::1]:9464`` for logs, /status and tests."""
+    address = port.getHost()
+    if not hasattr(address, "host"):  # a UNIX socket
+        name = address.name.decode() if isinstance(address.name, bytes) else address.name
+        return f"unix:{name}"
+    host = f"[{address.host}]" if ":" in address.host else address.host
+    return f"{kind}:{host}:{address.port}"
+
+
+def listen_udp(reactor, address: str, protocol, buffer_size: int) -> IListeningPort:
+    host, port = parse_host_port(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    except OSError as error:
+        raise ListenError(f"cannot listen on udp {address}: {error.strerror}") from None
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            sock.setsockopt(socket.SOL_SOCKET, option, buffer_size)
+        sock.bind((host, port))
+        sock.setblocking(False)
+        return reactor.adoptDatagramPort(sock.fileno(), family, protocol, maxPacketSize=MAX_DATAGRAM)
+    except OSError as error:
+        raise ListenError(f"cannot listen on udp {address}: {error.strerror}") from None
+    finally:
+        sock.close()  # the reactor holds its own duplicate of the descriptor
+
+
+def listen_stream(reactor, description: str, factory) -> IListeningPort:
+    """Listen on a Twisted endpoint string; the endpoint must answer at once.
+
+    TCP, UNIX and TLS endpoints succeed or fail synchronously, which lets a
+    bad endpoint stop start-up before the reactor runs.
+    """
+    try:
+        endpoint = serverFromString(reactor, description)
+    except Exception as error:  # endpoint parsers raise several types
+        raise ListenError(f"cannot listen on {description}: {error}") from None
+    outcome: list = []
+    deferred: Deferred = endpoint.listen(factory)
+    deferred.addBoth(outcome.append)
+    if not outcome:
+        deferred.cancel()
+        raise ListenError(f"cannot listen on {description}: the endpoint did not answer at once")
+    result = outcome[0]
+    if isinstance(result, Failure):
+        raise ListenError(f"cannot listen on {description}: {result.getErrorMessage()}")
+    return result

@@ -1,0 +1,97 @@
+"""Every metric the node exports, in one registry per node.
+
+Hot paths keep plain integer counts in their own sans-IO stats objects;
+the collectors here turn them into Prometheus families at scrape time, so
+that a STUN answer costs a dict increment, not a lock. Names follow
+``zentalk_<subsystem>_<what>_<unit>``; labels are low-cardinality (method,
+result, reason, service) and never an address or a peer id. Series that
+can be zero are exported as zero from the start so that ``rate()`` works
+from the first scrape.
+"""
+
+from __future__ import annotations
+
+import platform
+from typing import Callable, Iterable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Gauge,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+import twisted
+
+from . import __version__
+from .nat.binding import DROP_REASONS, BindingStats
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _StunCollector(Collector):
+    def __init__(self, stats: BindingStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable:
+        requests = CounterMetricFamily(
+            "zentalk_stun_requests",
+            "STUN requests and indications answered or accepted, by method and result.",
+            labels=["method", "result"],
+        )
+        counts = {("binding", "success"): 0, ("binding", "error"): 0, ("binding", "indication"): 0}
+        counts.update(self._stats.requests)
+        for (method, result), value in sorted(counts.items()):
+            requests.add_metric([method, result], value)
+        yield requests
+        dropped = CounterMetricFamily(
+            "zentalk_stun_dropped",
+            "STUN datagrams dropped without an answer, by reason.",
+            labels=["reason"],
+        )
+        reasons = dict.fromkeys(DROP_REASONS, 0)
+        reasons.update(self._stats.dropped)
+        for reason, value in sorted(reasons.items()):
+            dropped.add_metric([reason], value)
+        yield dropped
+
+
+class _ServicesCollector(Collector):
+    def __init__(self, states: Callable[[], dict[str, bool]]) -> None:
+        self._states = states
+
+    def collect(self) -> Iterable:
+        up = GaugeMetricFamily(
+            "zentalk_service_up", "1 while a service of the node runs, else 0.", labels=["service"]
+        )
+        for name, running in sorted(self._states().items()):
+            up.add_metric([name], 1.0 if running else 0.0)
+        yield up
+
+
+class NodeMetrics:
+    """The node's registry and the collectors that read its services."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        build = Gauge(
+            "zentalk_build_info",
+            "Version of the running node; always 1.",
+            ["version", "python", "twisted"],
+            registry=self.registry,
+        )
+        build.labels(__version__, platform.python_version(), twisted.__version__).set(1)
+
+    def watch_stun(self, stats: BindingStats) -> None:
+        self.registry.register(_StunCollector(stats))
+
+    def watch_services(self, states: Callable[[], dict[str, bool]]) -> None:
+        self.registry.register(_ServicesCollector(states))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,1 @@
+"""NAT traversal: the STUN codec, the Binding responder and their UDP adapter."""

@@ -1,0 +1,127 @@
+"""The STUN Binding responder, sans-IO: a request's bytes and source in, a reply out.
+
+Binding is the hottest path of the NAT service (every ICE agent sends a few
+per candidate pair, and keep-alives forever), so a plain request with no
+attributes is answered without building a :class:`~.stun.Message`. Anything
+else goes through the full codec. Counts are plain integers, read by the
+metrics module at scrape time, so the hot path takes no lock.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from . import stun
+from .stun import Attr, MessageClass, Method, StunError
+
+_METHOD_NAMES = {int(m): m.name.lower() for m in Method}
+_COOKIE = stun.MAGIC_COOKIE_BYTES
+_PLAIN_BINDING = b"\x00\x01\x00\x00" + _COOKIE
+_XOR_PORT = stun.MAGIC_COOKIE >> 16
+#: At most this many types echoed in UNKNOWN-ATTRIBUTES, so that an error
+#: answer is never larger than the request that caused it.
+MAX_UNKNOWN_ECHOED = 8
+#: Why a datagram got no answer: the codec's reasons, and responses sent to us.
+DROP_REASONS = stun.DECODE_ERRORS + ("unexpected_response",)
+
+
+@dataclass(slots=True)
+class BindingStats:
+    """What the responder did, by (method, result) and by drop reason."""
+
+    requests: defaultdict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    dropped: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+def _plain_host(host: str) -> str:
+    """Strip an IPv6 zone and unwrap an IPv4-mapped source address."""
+    if "%" in host:
+        host = host.split("%", 1)[0]
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]
+    return host
+
+
+class BindingResponder:
+    """Answers Binding requests as RFC 8489 (and RFC 3489 for classic clients) say."""
+
+    def __init__(self, software: str = "", stats: BindingStats | None = None) -> None:
+        self.stats = stats if stats is not None else BindingStats()
+        value = software.encode("utf-8")[:763]  # RFC 8489: fewer than 128 characters
+        self._software: tuple[tuple[int, bytes], ...] = ((Attr.SOFTWARE, value),) if value else ()
+        self._software_raw = b"".join(
+            struct.pack("!HH", t, len(v)) + v + b"\x00" * (-len(v) % 4) for t, v in self._software
+        )
+        self._plain_length = 12 + len(self._software_raw) + 8
+        self._v6_length = 24 + len(self._software_raw) + 8
+
+    def respond(self, data: bytes, source: tuple) -> bytes | None:
+        """The bytes to send back to ``source``, or None to stay silent."""
+        if len(data) == 20 and data[:8] == _PLAIN_BINDING:
+            host = source[0]
+            if ":" in host:
+                host = _plain_host(host)
+            self.stats.requests["binding", "success"] += 1
+            return self._success_fast(data[8:20], host, source[1])
+        return self._respond_full(data, _plain_host(source[0]), source[1])
+
+    def _success_fast(self, tid: bytes, host: str, port: int) -> bytes:
+        if ":" in host:
+            head = struct.pack("!HHI", 0x0101, self._v6_length, stun.MAGIC_COOKIE) + tid
+            xma = stun.encode_xor_address(host, port, tid)
+        else:
+            head = struct.pack("!HHI", 0x0101, self._plain_length, stun.MAGIC_COOKIE) + tid
+            (ip,) = struct.unpack("!I", socket.inet_aton(host))
+            xma = struct.pack("!HHBBHI", Attr.XOR_MAPPED_ADDRESS, 8, 0, 1, port ^ _XOR_PORT, ip ^ stun.MAGIC_COOKIE)
+        body = head + xma + self._software_raw
+        crc = (zlib.crc32(body) & 0xFFFFFFFF) ^ stun.FINGERPRINT_XOR
+        return body + struct.pack("!HHI", Attr.FINGERPRINT, 4, crc)
+
+    def _respond_full(self, data: bytes, host: str, port: int) -> bytes | None:
+        try:
+            message = stun.decode(data)
+        except StunError as error:
+            self.stats.dropped[error.reason] += 1
+            return None
+        method = _METHOD_NAMES.get(message.method, "other")
+        if message.cls is MessageClass.INDICATION:
+            # A Binding indication is a keep-alive: RFC 8489 wants no answer.
+            self.stats.requests[method, "indication"] += 1
+            return None
+        if message.cls is not MessageClass.REQUEST:
+            self.stats.dropped["unexpected_response"] += 1
+            return None
+        if message.method != Method.BINDING:
+            self.stats.requests[method, "error"] += 1
+            return self._error(message, 400, "Unsupported method")
+        unknown = message.unknown_required()
+        if message.find(Attr.CHANGE_REQUEST) is not None:
+            # RFC 5780: without an alternate address the server cannot honour
+            # CHANGE-REQUEST and must say so with 420.
+            unknown.append(Attr.CHANGE_REQUEST)
+        if unknown:
+            self.stats.requests[method, "error"] += 1
+            return self._error(
+                message,
+                420,
+                "Unknown comprehension-required attribute",
+                ((Attr.UNKNOWN_ATTRIBUTES, stun.encode_unknown_attributes(unknown[:MAX_UNKNOWN_ECHOED])),),
+            )
+        self.stats.requests[method, "success"] += 1
+        if message.classic:
+            mapped = ((Attr.MAPPED_ADDRESS, stun.encode_address(host, port)),)
+        else:
+            mapped = ((Attr.XOR_MAPPED_ADDRESS, stun.encode_xor_address(host, port, message.transaction_id)),)
+        return stun.encode(
+            Method.BINDING, MessageClass.SUCCESS, message.transaction_id, mapped + self._software
+        )
+
+    def _error(
+        self, message: stun.Message, code: int, reason: str, extra: tuple[tuple[int, bytes], ...] = ()
+    ) -> bytes:
+        attributes = ((Attr.ERROR_CODE, stun.encode_error_code(code, reason)),) + extra + self._software
+        return stun.encode(message.method, MessageClass.ERROR, message.transaction_id, attributes)

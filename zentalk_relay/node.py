@@ -1,0 +1,127 @@
+"""The one place that wires the node's services together.
+
+``build_node(reactor, config)`` returns a :class:`Node`, a MultiService with
+one named child per service that is built; services that are not built are
+absent. Once every listener is up, the node writes the endpoints it really
+bound to ``<data_dir>/endpoints.json`` (ports chosen by the OS included),
+so that scripts, tests and operators can find a node started on port 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from twisted.application.service import MultiService
+
+from . import __version__
+from .bootstrap import Bootstrap
+from .config import Config
+from .identity import Identity, load_identity
+from .listen import ListenError
+from .logs import logger
+from .metrics import NodeMetrics
+from .monitoring import MonitorService
+from .nat.binding import BindingStats
+from .nat.service import NatService
+
+log = logger(__name__)
+
+ENDPOINTS_FILE = "endpoints.json"
+
+
+class StartupError(SystemExit):
+    """Start-up cannot go on; twistd exits with this one-line message."""
+
+
+class Node(MultiService):
+    def __init__(self, reactor, config: Config, identity: Identity, metrics: NodeMetrics) -> None:
+        super().__init__()
+        self.setName("zentalk-relay")
+        self.reactor = reactor
+        self.config = config
+        self.identity = identity
+        self.metrics = metrics
+        self._started_at: float | None = None
+
+    @property
+    def endpoints_file(self) -> Path:
+        return self.config.node.data_dir / ENDPOINTS_FILE
+
+    def service_states(self) -> dict[str, bool]:
+        return {service.name: bool(service.running) for service in self}
+
+    def healthy(self) -> tuple[bool, list[str]]:
+        failing = [name for name, running in self.service_states().items() if not running]
+        return bool(self.running) and not failing, failing
+
+    def endpoints(self) -> dict[str, list[str]]:
+        return {service.name: list(getattr(service, "endpoints", [])) for service in self}
+
+    def bootstrap(self) -> Bootstrap:
+        return Bootstrap(self.identity.ed25519_public, self.identity.link_public)
+
+    def status(self) -> dict:
+        uptime = 0.0 if self._started_at is None else self.reactor.seconds() - self._started_at
+        return {
+            "node_id": self.identity.node_id.hex(),
+            "version": __version__,
+            "uptime_seconds": round(uptime, 3),
+            "bootstrap": str(self.bootstrap()),
+            "services": {
+                service.name: {"running": bool(service.running), "endpoints": list(getattr(service, "endpoints", []))}
+                for service in self
+            },
+        }
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except ListenError as error:
+            log.critical("cannot start: {error}", error=str(error))
+            for service in self:
+                service.stopService()
+            raise StartupError(f"zentalk-relay: {error}") from None
+
+    def startService(self) -> None:
+        super().startService()
+        self._started_at = self.reactor.seconds()
+        self._write_endpoints()
+        log.info("node {node_id} running, version {version}", node_id=self.identity.node_id.hex()[:16],
+                 version=__version__)
+
+    def stopService(self):
+        try:
+            self.endpoints_file.unlink()
+        except FileNotFoundError:
+            pass
+        log.info("node stopping")
+        return super().stopService()
+
+    def _write_endpoints(self) -> None:
+        tmp = self.endpoints_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "services": self.endpoints()}, indent=2) + "\n")
+        tmp.replace(self.endpoints_file)
+
+
+def build_node(reactor, config: Config, identity: Identity | None = None) -> Node:
+    """Assemble the node. Loads (or creates) the identity unless one is given."""
+    if identity is None:
+        identity, created = load_identity(config.node.data_dir)
+        for kind in created:
+            log.info("created a new {kind} key in {directory}", kind=kind, directory=str(config.node.data_dir))
+    metrics = NodeMetrics()
+    node = Node(reactor, config, identity, metrics)
+    if config.stun.enabled:
+        stats = BindingStats()
+        metrics.watch_stun(stats)
+        stun = NatService(reactor, config.stun, stats)
+        stun.setName("stun")
+        stun.setServiceParent(node)
+    if config.metrics.enabled:
+        monitor = MonitorService(reactor, config.metrics.listen, metrics, node.status, node.healthy)
+        monitor.setName("metrics")
+        monitor.setServiceParent(node)
+    metrics.watch_services(node.service_states)
+    return node

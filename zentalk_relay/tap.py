@@ -1,0 +1,76 @@
+"""twistd's entry point: the ``zentalk-relay`` options and ``makeService``.
+
+Options are parsed and the whole configuration validated in
+``postOptions``, so a bad file or flag stops twistd with one line before
+anything listens. The reactor is imported inside ``makeService`` only:
+twistd picks the reactor after plugins load.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.python import usage
+
+from .config import ConfigError, load, parse_override
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run a Zentalk network node. Settings come from built-in defaults, then the "
+        "--config file, then these options (see docs/configuration.md)."
+    )
+    optParameters = [
+        ["config", "c", None, "TOML configuration file."],
+        ["data-dir", "d", None, "Directory for keys and state (node.data_dir)."],
+        ["log-level", None, None, "debug, info, warn, error or critical (node.log_level)."],
+        ["metrics-listen", None, None, "Endpoint string for /metrics, /healthz, /status (metrics.listen)."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stun_udp: list[str] = []
+        self._sets: list[tuple[str, str, object]] = []
+
+    def opt_stun_udp(self, address: str) -> None:
+        """UDP address for STUN, host:port or [v6]:port; repeat for more (stun.udp)."""
+        self._stun_udp.append(address)
+
+    def opt_set(self, assignment: str) -> None:
+        """Set any configuration key, KEY=VALUE with a TOML value; repeatable."""
+        try:
+            key, value = parse_override(assignment)
+        except ConfigError as error:
+            raise SystemExit(f"zentalk-relay: {error}") from None
+        self._sets.append((f"--set {key}", key, value))
+
+    def overrides(self) -> list[tuple[str, str, object]]:
+        named = [
+            ("--data-dir", "node.data_dir", self["data-dir"]),
+            ("--log-level", "node.log_level", self["log-level"]),
+            ("--metrics-listen", "metrics.listen", self["metrics-listen"]),
+            ("--stun-udp", "stun.udp", self._stun_udp or None),
+        ]
+        return [item for item in named if item[2] is not None] + self._sets
+
+    def postOptions(self) -> None:
+        try:
+            self.config = load(Path(self["config"]) if self["config"] else None, self.overrides())
+        except ConfigError as error:
+            # Not usage.UsageError: twistd would print the whole help and exit 0.
+            raise SystemExit(f"zentalk-relay: {error}") from None
+
+
+def makeService(options: Options):
+    from twisted.internet import reactor
+
+    from .identity import IdentityError
+    from .logs import set_level
+    from .node import build_node
+
+    set_level(options.config.node.log_level)
+    try:
+        return build_node(reactor, options.config)
+    except (IdentityError, OSError) as error:
+        raise SystemExit(f"zentalk-relay: {error}") from None
