@@ -309,7 +309,17 @@ def add_ratios(rows):
     base = {r["window"]: r["rps"] for r in rows if r["server"] == "coturn"}
     for r in rows:
         b = base.get(r["window"])
+        r["cpu_contention_suspected"] = suspect(r)
         r["vs_coturn"] = round(r["rps"] / b, 3) if b else None
+
+
+def suspect(r):
+    """Neither lost requests nor a busy generator explain a server that did
+    not use its whole core: something else probably ran on its CPU."""
+    return (
+        r.get("server_cpu") is not None and r["server_cpu"] < 0.9
+        and r["lost"] == 0 and r["gen_cpu"] < 0.95
+    )
 
 
 def format_table(rows):
@@ -322,7 +332,8 @@ def format_table(rows):
             f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['p999_ms']:.3f}",
             str(r["lost"]),
             f"{r['vs_coturn']:.2f}x" if r.get("vs_coturn") is not None else "n/a",
-            f"{r['server_cpu']:.2f}" if r.get("server_cpu") is not None else "n/a",
+            (f"{r['server_cpu']:.2f}" if r.get("server_cpu") is not None else "n/a")
+            + ("!" if suspect(r) else " "),
             f"{r['gen_cpu']:.2f}",
         ])
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
@@ -425,6 +436,9 @@ def main(argv=None):
         print(f"STUN Binding, {args.duration:g} s measured after {args.warmup:g} s warm-up per run; "
               f"server on CPU {args.server_cpu}, load generator on CPU {args.load_cpu}")
         print(format_table(rows))
+        if any(suspect(r) for r in rows):
+            print("! server used < 90% of its CPU with nothing lost: another process probably "
+                  "competed for the CPU; rerun on a quiet machine")
         for n in notes:
             print(f"note: {n}")
         for e in errors:

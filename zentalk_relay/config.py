@@ -167,7 +167,7 @@ def _unknown(origin: str, key: str) -> ConfigError:
 
 def _type_name(tp: Any) -> str:
     if get_origin(tp) is tuple:
-        return f"list of {get_args(tp)[0].__name__}"
+        return f"list of {_type_name(get_args(tp)[0])}s"
     return {bool: "boolean", int: "integer", float: "number", str: "string", Path: "path"}[tp]
 
 

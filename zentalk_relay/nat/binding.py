@@ -72,7 +72,7 @@ class BindingResponder:
     def _success_fast(self, tid: bytes, host: str, port: int) -> bytes:
         if ":" in host:
             head = struct.pack("!HHI", 0x0101, self._v6_length, stun.MAGIC_COOKIE) + tid
-            xma = stun.encode_xor_address(host, port, tid)
+            xma = struct.pack("!HH", Attr.XOR_MAPPED_ADDRESS, 20) + stun.encode_xor_address(host, port, tid)
         else:
             head = struct.pack("!HHI", 0x0101, self._plain_length, stun.MAGIC_COOKIE) + tid
             (ip,) = struct.unpack("!I", socket.inet_aton(host))
