@@ -11,6 +11,7 @@ import json
 from typing import Callable
 
 from twisted.application.service import Service
+from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -38,6 +39,11 @@ class _Leaf(Resource):
     render_HEAD = render_GET
 
 
+class _Root(Resource):
+    def getChild(self, path: bytes, request):
+        return notFound()
+
+
 class _QuietSite(Site):
     noisy = False
 
@@ -55,7 +61,7 @@ class MonitorService(Service):
         self._status = status
         self._healthy = healthy
         self._port = None
-        root = Resource()
+        root = _Root()
         root.putChild(b"metrics", _Leaf(lambda: (200, CONTENT_TYPE, metrics.exposition())))
         root.putChild(b"healthz", _Leaf(self._health))
         root.putChild(b"status", _Leaf(self._status_json))

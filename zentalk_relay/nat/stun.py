@@ -323,7 +323,7 @@ def decode_address(value: bytes) -> tuple[str, int]:
     if family == FAMILY_IPV4 and len(value) == 8:
         return socket.inet_ntop(socket.AF_INET, value[4:8]), port
     if family == FAMILY_IPV6 and len(value) == 20:
-        return socket.inet_ntop(socket.AF_INET6, value[4:20]), port
+        return str(ipaddress.IPv6Address(value[4:20])), port
     raise StunError("bad_attribute", f"address family {family} with {len(value)} bytes")
 
 
