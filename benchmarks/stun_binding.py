@@ -129,6 +129,13 @@ def proc_cpu_seconds(pid):
         return None
 
 
+def thread_count(pid):
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return None
+
+
 def udp_rcvbuf_errors():
     """Host-wide UDP RcvbufErrors counter (datagrams dropped on a full socket)."""
     try:
@@ -279,7 +286,7 @@ def bench_server(name, args):
                 drops1 = udp_rcvbuf_errors()
                 r["server"] = name
                 r["window"] = window
-                r["threads"] = len(os.listdir(f"/proc/{proc.pid}/task")) if proc.poll() is None else None
+                r["threads"] = thread_count(proc.pid)
                 # server CPU over the whole generator run (warm-up included)
                 r["server_cpu"] = (
                     round((cpu1 - cpu0) / wall, 3) if cpu0 is not None and cpu1 is not None else None
