@@ -43,7 +43,7 @@ class _StunCollector(Collector):
             labels=["method", "result"],
         )
         counts = {("binding", "success"): 0, ("binding", "error"): 0, ("binding", "indication"): 0}
-        counts.update(self._stats.requests)
+        counts.update(self._stats.request_counts())
         for (method, result), value in sorted(counts.items()):
             requests.add_metric([method, result], value)
         yield requests

@@ -87,6 +87,13 @@ class Node(MultiService):
     def startService(self) -> None:
         super().startService()
         self._started_at = self.reactor.seconds()
+        # twistd starts services before the reactor runs; announce readiness
+        # only once it does, when signals are handled and sockets served.
+        self.reactor.callWhenRunning(self._ready)
+
+    def _ready(self) -> None:
+        if not self.running:
+            return
         self._write_endpoints()
         log.info("node {node_id} running, version {version}", node_id=self.identity.node_id.hex()[:16],
                  version=__version__)

@@ -51,6 +51,7 @@ def running(tmp_path, events):
     node = build_node(reactor, _config(tmp_path))
     node.privilegedStartService()
     node.startService()
+    reactor.run()
     yield reactor, node
     if node.running:
         node.stopService()

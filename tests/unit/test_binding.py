@@ -40,7 +40,7 @@ def test_success_carries_xor_mapped_address_software_and_fingerprint(responder, 
     assert reply.get(Attr.SOFTWARE) == b"zentalk-relay test"
     assert reply.get(Attr.MAPPED_ADDRESS) is None
     assert reply.attributes[-1].type == Attr.FINGERPRINT  # decode verified it
-    assert responder.stats.requests["binding", "success"] == 1
+    assert responder.stats.request_counts()["binding", "success"] == 1
 
 
 def test_no_software_attribute_when_empty():
@@ -131,7 +131,7 @@ def test_random_datagrams_never_raise_and_are_all_accounted_for(data, v6):
     reply = responder.respond(data, source)
     if reply is not None:
         stun.decode(reply)
-    handled = sum(responder.stats.requests.values()) + sum(responder.stats.dropped.values())
+    handled = sum(responder.stats.request_counts().values()) + sum(responder.stats.dropped.values())
     assert handled == 1
     assert set(responder.stats.dropped) <= set(DROP_REASONS)
 

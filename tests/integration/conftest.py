@@ -1,0 +1,151 @@
+"""Real processes on loopback: twistd running the node, coturn's clients.
+
+Waits are tied to events (a log line, a process exit) and bounded; nothing
+sleeps for a fixed time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def program(name: str) -> str:
+    found = BIN / name
+    if found.exists():
+        return str(found)
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(f"{name} is not installed; scripts/test installs it")
+    return path
+
+
+class NodeProcess:
+    """``twistd -n zentalk-relay`` in its own working directory."""
+
+    READY = re.compile(r"node [0-9a-f]{16} running")
+
+    def __init__(self, workdir: Path, *args: str) -> None:
+        self.workdir = workdir
+        self.data_dir = workdir / "data"
+        self.args = args
+        self.output: list[str] = []
+        self.process: subprocess.Popen | None = None
+
+    def start(self, *, wait: bool = True) -> "NodeProcess":
+        self.process = subprocess.Popen(
+            [program("twistd"), "-n", "--pidfile=", "zentalk-relay", "--data-dir", str(self.data_dir), *self.args],
+            cwd=self.workdir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        if wait:
+            self.wait_for(self.READY)
+        return self
+
+    def wait_for(self, pattern: re.Pattern, timeout: float = 20.0) -> str:
+        """Read output until a line matches; fail if the process exits or time runs out."""
+        assert self.process is not None and self.process.stdout is not None
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            while time.monotonic() < deadline:
+                if not selector.select(timeout=deadline - time.monotonic()):
+                    break
+                line = self.process.stdout.readline()
+                if not line:
+                    raise AssertionError(f"node exited ({self.process.wait()}):\n" + "".join(self.output))
+                self.output.append(line)
+                if pattern.search(line):
+                    return line
+        raise AssertionError(f"no line matching {pattern.pattern!r} within {timeout} s:\n" + "".join(self.output))
+
+    def finish(self, timeout: float = 20.0) -> int:
+        """Wait for exit and collect the rest of the output."""
+        assert self.process is not None
+        rest, _ = self.process.communicate(timeout=timeout)
+        self.output.append(rest or "")
+        return self.process.returncode
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.finish(timeout)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate(timeout=10)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.output)
+
+    def endpoints(self) -> dict[str, list[str]]:
+        return json.loads((self.data_dir / "endpoints.json").read_text())["services"]
+
+    def address(self, service: str, family: str = "127.0.0.1") -> tuple[str, int]:
+        for endpoint in self.endpoints()[service]:
+            _, host, port = endpoint.rsplit(":", 2) if not endpoint.count("[") else (
+                None, endpoint[endpoint.index("[") + 1:endpoint.index("]")], endpoint.rsplit(":", 1)[1])
+            if host == family:
+                return host, int(port)
+        raise AssertionError(f"{service} has no {family} endpoint: {self.endpoints()}")
+
+    def http(self, path: str) -> tuple[int, bytes]:
+        host, port = self.address("metrics")
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=10) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+
+@pytest.fixture
+def start_node(tmp_path):
+    nodes: list[NodeProcess] = []
+
+    def start(*args: str, wait: bool = True, workdir: Path | None = None) -> NodeProcess:
+        directory = workdir or tmp_path / f"node{len(nodes)}"
+        directory.mkdir(exist_ok=True)
+        node = NodeProcess(directory, *args)
+        nodes.append(node)
+        return node.start(wait=wait)
+
+    yield start
+    for node in nodes:
+        node.kill()
+
+
+LOOPBACK_ARGS = ("--stun-udp", "127.0.0.1:0", "--stun-udp", "[::1]:0", "--metrics-listen", "tcp:0:interface=127.0.0.1")
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    wanted = ",".join(f'{key}="{value}"' for key, value in labels.items())
+    series = f"{name}{{{wanted}}}" if labels else name
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{series} not in /metrics")
+
+
+def run(*command: str, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+__all__ = ["LOOPBACK_ARGS", "NodeProcess", "metric", "program", "run", "os"]
