@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .bootstrap import Bootstrap
-from .config import Config, ConfigError, load
+from .config import Config, ConfigError, load, parse_host_port
 from .identity import IdentityError, load_identity
 
 
@@ -42,6 +42,9 @@ def _info(args: argparse.Namespace) -> int:
     endpoints: dict[str, list[str]] = {}
     if config.stun.enabled:
         endpoints["stun"] = [f"udp:{address}" for address in config.stun.udp]
+    if config.link.enabled:
+        endpoints["link"] = list(config.link.tcp) + [
+            f"{kind}:{value}" for kind, value in (("tls", config.link.tls), ("ws", config.link.websocket)) if value]
     if config.metrics.enabled:
         endpoints["metrics"] = [config.metrics.listen]
     info = {
@@ -49,7 +52,8 @@ def _info(args: argparse.Namespace) -> int:
         "ed25519_public": identity.ed25519_public.hex(),
         "link_public": identity.link_public.hex(),
         "onion_public": identity.onion_public.hex(),
-        "bootstrap": str(Bootstrap(identity.ed25519_public, identity.link_public)),
+        "bootstrap": str(Bootstrap(identity.ed25519_public, identity.link_public, tuple(
+            parse_host_port(address) for address in config.link.public_addresses) if config.link.enabled else ())),
         "data_dir": str(config.node.data_dir),
         "endpoints": endpoints,
         "version": __version__,

@@ -17,6 +17,7 @@ from typing import Callable, Iterable
 from prometheus_client import (
     CollectorRegistry,
     Gauge,
+    Histogram,
     PlatformCollector,
     ProcessCollector,
     generate_latest,
@@ -27,6 +28,8 @@ from prometheus_client.registry import Collector
 import twisted
 
 from . import __version__
+from .link.frames import FRAME_NAMES
+from .link.session import LinkStats
 from .nat.binding import DROP_REASONS, BindingStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -59,6 +62,53 @@ class _StunCollector(Collector):
         yield dropped
 
 
+class _LinkCollector(Collector):
+    def __init__(self, stats: LinkStats, counts: Callable[[], dict[tuple[str, str], int]],
+                 refusals: Callable[[], dict[str, int]]) -> None:
+        self._stats = stats
+        self._counts = counts
+        self._refusals = refusals
+
+    def collect(self) -> Iterable:
+        links = GaugeMetricFamily("zentalk_link_links", "Links held now, by state and peer kind.",
+                                  labels=["state", "kind"])
+        counts = {("active", "client"): 0, ("active", "relay"): 0, ("handshake", "unknown"): 0}
+        counts.update(self._counts())
+        for (state, kind), value in sorted(counts.items()):
+            links.add_metric([state, kind], value)
+        yield links
+        handshakes = CounterMetricFamily("zentalk_link_handshakes", "Link handshakes that ended, by result.",
+                                         labels=["result"])
+        results = {"success": 0}
+        results.update(self._stats.handshakes)
+        for result, value in sorted(results.items()):
+            handshakes.add_metric([result], value)
+        yield handshakes
+        frames = CounterMetricFamily("zentalk_link_frames", "Link frames by direction and type.",
+                                     labels=["direction", "type"])
+        for direction, table in (("in", self._stats.frames_in), ("out", self._stats.frames_out)):
+            values = dict.fromkeys(FRAME_NAMES, 0)
+            values.update(table)
+            for name, value in sorted(values.items()):
+                frames.add_metric([direction, name], value)
+        yield frames
+        data = CounterMetricFamily("zentalk_link_bytes", "Bytes on links, by direction (records, before TLS).",
+                                   labels=["direction"])
+        data.add_metric(["in"], self._stats.bytes_in)
+        data.add_metric(["out"], self._stats.bytes_out)
+        yield data
+        refusals = CounterMetricFamily("zentalk_link_refusals", "Links refused by a limit, by reason.",
+                                       labels=["reason"])
+        for reason, value in sorted(self._refusals().items()):
+            refusals.add_metric([reason], value)
+        yield refusals
+        closes = CounterMetricFamily("zentalk_link_closes", "Links closed, by reason (peer_ when the peer closed).",
+                                     labels=["reason"])
+        for reason, value in sorted(self._stats.closes.items()):
+            closes.add_metric([reason], value)
+        yield closes
+
+
 class _ServicesCollector(Collector):
     def __init__(self, states: Callable[[], dict[str, bool]]) -> None:
         self._states = states
@@ -89,6 +139,16 @@ class NodeMetrics:
 
     def watch_stun(self, stats: BindingStats) -> None:
         self.registry.register(_StunCollector(stats))
+
+    def link_rtt_observer(self) -> Callable[[float], None]:
+        rtt = Histogram("zentalk_link_rtt_seconds", "Round-trip times measured by PING/PONG.",
+                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0),
+                        registry=self.registry)
+        return rtt.observe
+
+    def watch_links(self, stats: LinkStats, counts: Callable[[], dict[tuple[str, str], int]],
+                    refusals: Callable[[], dict[str, int]]) -> None:
+        self.registry.register(_LinkCollector(stats, counts, refusals))
 
     def watch_services(self, states: Callable[[], dict[str, bool]]) -> None:
         self.registry.register(_ServicesCollector(states))

@@ -25,6 +25,9 @@ from .metrics import NodeMetrics
 from .monitoring import MonitorService
 from .nat.binding import BindingStats
 from .nat.service import NatService
+from .link.service import LinkHub, LinkService, settings_from
+from .link.session import LinkStats
+from .link.frames import Capability, capability_mask
 
 log = logger(__name__)
 
@@ -60,7 +63,10 @@ class Node(MultiService):
         return {service.name: list(getattr(service, "endpoints", [])) for service in self}
 
     def bootstrap(self) -> Bootstrap:
-        return Bootstrap(self.identity.ed25519_public, self.identity.link_public)
+        addresses: tuple = ()
+        if "link" in self.namedServices:
+            addresses = self.getServiceNamed("link").bootstrap_addresses()
+        return Bootstrap(self.identity.ed25519_public, self.identity.link_public, addresses)
 
     def status(self) -> dict:
         uptime = 0.0 if self._started_at is None else self.reactor.seconds() - self._started_at
@@ -121,14 +127,30 @@ def build_node(reactor, config: Config, identity: Identity | None = None) -> Nod
     metrics = NodeMetrics()
     node = Node(reactor, config, identity, metrics)
     if config.stun.enabled:
-        stats = BindingStats()
-        metrics.watch_stun(stats)
-        stun = NatService(reactor, config.stun, stats)
-        stun.setName("stun")
-        stun.setServiceParent(node)
+        _stun(reactor, config, metrics).setServiceParent(node)
+    if config.link.enabled:
+        _link(reactor, config, identity, metrics).setServiceParent(node)
     if config.metrics.enabled:
         monitor = MonitorService(reactor, config.metrics.listen, metrics, node.status, node.healthy)
         monitor.setName("metrics")
         monitor.setServiceParent(node)
     metrics.watch_services(node.service_states)
     return node
+
+
+def _stun(reactor, config: Config, metrics: NodeMetrics) -> NatService:
+    stats = BindingStats()
+    metrics.watch_stun(stats)
+    service = NatService(reactor, config.stun, stats)
+    service.setName("stun")
+    return service
+
+
+def _link(reactor, config: Config, identity: Identity, metrics: NodeMetrics) -> LinkService:
+    stats = LinkStats()
+    settings = settings_from(config.link, capabilities=capability_mask(Capability.RELAY))
+    hub = LinkHub(reactor, config.link, identity, stats, settings, metrics.link_rtt_observer())
+    metrics.watch_links(stats, hub.link_counts, lambda: dict(hub.refusals))
+    service = LinkService(reactor, config.link, hub)
+    service.setName("link")
+    return service

@@ -21,6 +21,10 @@ from pathlib import Path
 import pytest
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).parents[2]
+#: Child processes run the checkout's code (and find its plugin), not whatever
+#: version happens to be installed; the installed plugin has tests of its own.
+CHECKOUT_ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 def program(name: str) -> str:
@@ -43,6 +47,7 @@ class NodeProcess:
         self.data_dir = workdir / "data"
         self.args = args
         self.output: list[str] = []
+        self._partial = ""
         self.process: subprocess.Popen | None = None
 
     def start(self, *, wait: bool = True) -> "NodeProcess":
@@ -52,33 +57,56 @@ class NodeProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            env=CHECKOUT_ENV,
         )
         if wait:
             self.wait_for(self.READY)
         return self
 
     def wait_for(self, pattern: re.Pattern, timeout: float = 20.0) -> str:
-        """Read output until a line matches; fail if the process exits or time runs out."""
+        """Read output until a line matches; fail if the process exits or time runs out.
+
+        Reads the raw descriptor: a buffered reader could hold the awaited line
+        while select() waits on an empty pipe.
+        """
         assert self.process is not None and self.process.stdout is not None
+        fd = self.process.stdout.fileno()
         deadline = time.monotonic() + timeout
         with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stdout, selectors.EVENT_READ)
-            while time.monotonic() < deadline:
-                if not selector.select(timeout=deadline - time.monotonic()):
+            selector.register(fd, selectors.EVENT_READ)
+            while True:
+                while "\n" in self._partial:
+                    line, self._partial = self._partial.split("\n", 1)
+                    self.output.append(line + "\n")
+                    if pattern.search(line):
+                        return line
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not selector.select(timeout=remaining):
                     break
-                line = self.process.stdout.readline()
-                if not line:
-                    raise AssertionError(f"node exited ({self.process.wait()}):\n" + "".join(self.output))
-                self.output.append(line)
-                if pattern.search(line):
-                    return line
-        raise AssertionError(f"no line matching {pattern.pattern!r} within {timeout} s:\n" + "".join(self.output))
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    raise AssertionError(f"node exited ({self.process.wait()}):\n" + self.text)
+                self._partial += chunk.decode("utf-8", "replace")
+        raise AssertionError(f"no line matching {pattern.pattern!r} within {timeout} s:\n" + self.text)
 
     def finish(self, timeout: float = 20.0) -> int:
         """Wait for exit and collect the rest of the output."""
         assert self.process is not None
-        rest, _ = self.process.communicate(timeout=timeout)
-        self.output.append(rest or "")
+        rest = b""
+        fd = self.process.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as selector:
+            selector.register(fd, selectors.EVENT_READ)
+            while time.monotonic() < deadline:
+                if not selector.select(timeout=deadline - time.monotonic()):
+                    continue
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                rest += chunk
+        self.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        self.output.append(self._partial + rest.decode("utf-8", "replace"))
+        self._partial = ""
         return self.process.returncode
 
     def terminate(self, timeout: float = 20.0) -> int:
@@ -94,7 +122,7 @@ class NodeProcess:
 
     @property
     def text(self) -> str:
-        return "".join(self.output)
+        return "".join(self.output) + self._partial
 
     def endpoints(self) -> dict[str, list[str]]:
         return json.loads((self.data_dir / "endpoints.json").read_text())["services"]
@@ -132,7 +160,8 @@ def start_node(tmp_path):
         node.kill()
 
 
-LOOPBACK_ARGS = ("--stun-udp", "127.0.0.1:0", "--stun-udp", "[::1]:0", "--metrics-listen", "tcp:0:interface=127.0.0.1")
+LOOPBACK_ARGS = ("--stun-udp", "127.0.0.1:0", "--stun-udp", "[::1]:0", "--metrics-listen", "tcp:0:interface=127.0.0.1",
+                 "--set", 'link.tcp=["tcp:0:interface=127.0.0.1"]')
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -145,7 +174,13 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 def run(*command: str, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
+    kwargs.setdefault("env", CHECKOUT_ENV)
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
-__all__ = ["LOOPBACK_ARGS", "NodeProcess", "metric", "program", "run", "os"]
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """The zentalk-relay command from the checkout."""
+    return run(sys.executable, "-m", "zentalk_relay.cli", *args)
+
+
+__all__ = ["LOOPBACK_ARGS", "NodeProcess", "cli", "metric", "program", "run"]

@@ -1,0 +1,1 @@
+"""The relay link protocol: framing, Noise NK, handshake and authentication, session state."""

@@ -1,0 +1,50 @@
+"""Ed25519 challenge-response bound to the channel, sans-IO.
+
+Each side proves its node id by signing the other side's random challenge,
+a timestamp and the channel binding (the Noise handshake hash, or the TLS
+exporter of RFC 9266). The binding makes a signature worthless on any other
+connection, so a man in the middle that terminates the channel cannot relay
+it; the side byte keeps a side's own challenge from being reflected back; the
+timestamp bounds how long a captured response could matter at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+from nacl.exceptions import BadSignatureError, ValueError as NaclValueError
+from nacl.signing import SigningKey, VerifyKey
+
+from .frames import AuthResponse, ErrorCode, FrameError
+
+CONTEXT = b"zentalk-link-auth-v1"
+#: How far a response's timestamp may be from the verifier's clock.
+FRESHNESS_MS = 60_000
+INITIATOR = b"\x01"
+RESPONDER = b"\x02"
+
+
+def signed_bytes(side: bytes, challenge: bytes, timestamp_ms: int, binding: bytes) -> bytes:
+    return CONTEXT + side + challenge + struct.pack("!Q", timestamp_ms) + binding
+
+
+def respond(key: SigningKey, side: bytes, challenge: bytes, now_ms: int, binding: bytes) -> AuthResponse:
+    signature = key.sign(signed_bytes(side, challenge, now_ms, binding)).signature
+    return AuthResponse(bytes(key.verify_key), now_ms, signature)
+
+
+def verify(response: AuthResponse, side: bytes, challenge: bytes, now_ms: int, binding: bytes,
+           expected_node_id: bytes | None = None) -> bytes:
+    """The peer's node id, or FrameError with the exact reason it is refused."""
+    node_id = hashlib.sha256(response.public_key).digest()
+    if expected_node_id is not None and node_id != expected_node_id:
+        raise FrameError(ErrorCode.AUTH_WRONG_IDENTITY, "the peer is not the node it was expected to be")
+    if abs(now_ms - response.timestamp_ms) > FRESHNESS_MS:
+        raise FrameError(ErrorCode.AUTH_STALE_TIMESTAMP, "the response's timestamp is not within 60 s")
+    try:
+        VerifyKey(response.public_key).verify(
+            signed_bytes(side, challenge, response.timestamp_ms, binding), response.signature)
+    except (BadSignatureError, NaclValueError):
+        raise FrameError(ErrorCode.AUTH_BAD_SIGNATURE, "the signature does not verify") from None
+    return node_id

@@ -1,0 +1,483 @@
+"""Link frames, sans-IO: typed messages in, exact bytes out, and back.
+
+A frame is ``type u8 ‖ body``. Frames travel in records (one Noise transport
+message, or one length-prefixed TLS record); a record's plaintext holds one
+or more frames, each behind its own ``length u16`` (covering type and body),
+so that small frames share one AEAD call. Integers are big-endian. The byte
+layouts are specified in ``docs/protocol.md``; the type numbers PING 0x06,
+PONG 0x07, FLOW_CONTROL 0x10 and PEX 0x20 are fixed by the network spec.
+
+A peer's garbage raises :class:`FrameError` and nothing else.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Callable, Iterator
+
+#: Largest record plaintext: a Noise transport message (65535) less its tag.
+MAX_RECORD = 65535 - 16
+#: Largest frame (type and body), so that one frame always fits one record.
+MAX_FRAME = MAX_RECORD - 2
+MAX_FEATURES = 32
+MAX_FEATURE_NAME = 32
+MAX_VERSIONS = 16
+MAX_REASON = 256
+
+PROTOCOL_VERSION = 0x0300  # MAJOR 3, MINOR 0: ALPN "zentalk/3"
+
+
+class FrameType(IntEnum):
+    HELLO = 0x01
+    HELLO_ACK = 0x02
+    AUTH_CHALLENGE = 0x03
+    AUTH_RESPONSE = 0x04
+    AUTH_OK = 0x05
+    PING = 0x06
+    PONG = 0x07
+    CLOSE = 0x08
+    ERROR = 0x09
+    FLOW_CONTROL = 0x10
+    WINDOW_UPDATE = 0x11
+    PEX = 0x20
+    SEND = 0x30
+    DELIVER = 0x31
+    RECEIPT = 0x32
+
+
+class Role(IntEnum):
+    CLIENT = 1
+    RELAY = 2
+
+
+class Capability(IntEnum):
+    RELAY = 0
+    EXIT = 1
+    GUARD = 2
+    KYBER = 3
+    PADDING = 4
+    PEX = 5
+    DHT = 6
+    STORAGE = 7
+    VOICE = 8
+    VIDEO = 9
+    GROUPS = 10
+
+
+def capability_mask(*bits: Capability) -> int:
+    mask = 0
+    for bit in bits:
+        mask |= 1 << bit
+    return mask
+
+
+class ErrorCode(IntEnum):
+    """Why a link was refused or closed, or why a frame was refused.
+
+    Each failure has its own code so that both ends and the metrics can tell
+    them apart; ``reason`` strings are for people.
+    """
+
+    NORMAL = 0
+    PROTOCOL_ERROR = 1
+    FRAME_TOO_LARGE = 2
+    UNEXPECTED_FRAME = 3
+    VERSION_MISMATCH = 4
+    AUTH_BAD_SIGNATURE = 5
+    AUTH_STALE_TIMESTAMP = 6
+    AUTH_WRONG_IDENTITY = 7
+    HANDSHAKE_REPLAYED = 8
+    HANDSHAKE_TIMEOUT = 9
+    DECRYPT_FAILED = 10
+    RATE_LIMITED = 11
+    TOO_MANY_CONNECTIONS_FROM_IP = 12
+    TOO_MANY_PENDING_HANDSHAKES = 13
+    TOO_MANY_LINKS_FOR_PEER = 14
+    SERVER_FULL = 15
+    IDLE_TIMEOUT = 16
+    DEAD_PEER = 17
+    FLOW_VIOLATION = 18
+    SHUTTING_DOWN = 19
+    UNKNOWN_RECIPIENT = 20
+    RECIPIENT_BUSY = 21
+    ROLE_REFUSED = 22
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class FlowReason(IntEnum):
+    BUFFER_FULL = 1
+    RATE_LIMIT = 2
+    SYSTEM_LOAD = 3
+
+
+class ReceiptStatus(IntEnum):
+    DELIVERED = 0  # handed to the recipient's link
+    STORED = 1  # kept in the recipient's mailbox
+    REFUSED = 2  # see the error code
+
+
+class FrameError(Exception):
+    """A frame that cannot be parsed; ``code`` is what to tell the peer."""
+
+    def __init__(self, code: ErrorCode, detail: str) -> None:
+        super().__init__(f"{code.label}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+# -- frames -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    role: Role
+    versions: tuple[int, ...]
+    capabilities: int
+    features: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HelloAck:
+    role: Role
+    version: int
+    capabilities: int
+    features: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AuthChallenge:
+    nonce: bytes  # 32
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResponse:
+    public_key: bytes  # Ed25519, 32
+    timestamp_ms: int
+    signature: bytes  # 64
+
+
+@dataclass(frozen=True, slots=True)
+class AuthOk:
+    session_token: bytes  # 32
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    timestamp_ms: int
+    nonce: bytes  # 8
+    sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    timestamp_ms: int
+    nonce: bytes  # 8
+    sequence: int
+    received_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    code: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    code: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FlowControl:
+    window: int
+    consumed: int
+    reason: int
+    retry_after_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class WindowUpdate:
+    window: int
+    consumed: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pex:
+    subtype: int
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    message_id: bytes  # 16
+    recipient: bytes  # 32
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    message_id: bytes  # 16
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    message_id: bytes  # 16
+    status: int
+    code: int = 0
+
+
+Frame = (
+    Hello | HelloAck | AuthChallenge | AuthResponse | AuthOk | Ping | Pong | Close | Error
+    | FlowControl | WindowUpdate | Pex | Send | Deliver | Receipt
+)
+
+#: Frames that consume the flow-control window: application traffic.
+FLOW_CONTROLLED = (Send, Deliver)
+
+
+# -- helpers ----------------------------------------------------------------
+
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+_PING = struct.Struct("!Q8sI")
+_PONG = struct.Struct("!Q8sIQ")
+_AUTH_RESPONSE = struct.Struct("!32sQ64s")
+_FLOW = struct.Struct("!IIBI")
+_WINDOW = struct.Struct("!II")
+_CODE = struct.Struct("!H")
+_RECEIPT = struct.Struct("!16sBH")
+
+
+def _features(names: tuple[str, ...]) -> bytes:
+    out = bytearray([len(names)])
+    for name in names:
+        raw = name.encode("ascii")
+        out.append(len(raw))
+        out += raw
+    return bytes(out)
+
+
+def _read_features(body: bytes, offset: int) -> tuple[tuple[str, ...], int]:
+    if offset >= len(body):
+        raise FrameError(ErrorCode.PROTOCOL_ERROR, "feature list missing")
+    count = body[offset]
+    offset += 1
+    if count > MAX_FEATURES:
+        raise FrameError(ErrorCode.PROTOCOL_ERROR, f"{count} features is more than {MAX_FEATURES}")
+    names = []
+    for _ in range(count):
+        if offset >= len(body):
+            raise FrameError(ErrorCode.PROTOCOL_ERROR, "feature list truncated")
+        size = body[offset]
+        raw = body[offset + 1 : offset + 1 + size]
+        if size == 0 or size > MAX_FEATURE_NAME or len(raw) != size:
+            raise FrameError(ErrorCode.PROTOCOL_ERROR, "bad feature name length")
+        try:
+            name = raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise FrameError(ErrorCode.PROTOCOL_ERROR, "feature name is not ASCII") from None
+        if not name.isprintable():
+            raise FrameError(ErrorCode.PROTOCOL_ERROR, "feature name is not printable")
+        names.append(name)
+        offset += 1 + size
+    return tuple(names), offset
+
+
+def _role(value: int) -> Role:
+    try:
+        return Role(value)
+    except ValueError:
+        raise FrameError(ErrorCode.PROTOCOL_ERROR, f"unknown role {value}") from None
+
+
+def _reason(raw: bytes) -> str:
+    return raw[:MAX_REASON].decode("utf-8", "replace")
+
+
+def _exact(body: bytes, size: int, name: str) -> None:
+    if len(body) != size:
+        raise FrameError(ErrorCode.PROTOCOL_ERROR, f"{name} body is {len(body)} bytes, not {size}")
+
+
+def _at_least(body: bytes, size: int, name: str) -> None:
+    if len(body) < size:
+        raise FrameError(ErrorCode.PROTOCOL_ERROR, f"{name} body is {len(body)} bytes, fewer than {size}")
+
+
+# -- encoding ---------------------------------------------------------------
+
+
+def encode(frame: Frame) -> bytes:
+    """``type ‖ body`` for one frame (without the record's length prefix)."""
+    kind = type(frame)
+    if kind is Send:
+        return b"\x30" + frame.message_id + frame.recipient + frame.body
+    if kind is Deliver:
+        return b"\x31" + frame.message_id + frame.body
+    return _ENCODERS[kind](frame)
+
+
+def _encode_hello(f: Hello) -> bytes:
+    return (bytes([FrameType.HELLO, f.role, len(f.versions)]) + b"".join(_U16.pack(v) for v in f.versions)
+            + _U32.pack(f.capabilities) + _features(f.features))
+
+
+def _encode_hello_ack(f: HelloAck) -> bytes:
+    return bytes([FrameType.HELLO_ACK, f.role]) + _U16.pack(f.version) + _U32.pack(f.capabilities) + _features(
+        f.features)
+
+
+_ENCODERS: dict[type, Callable[[object], bytes]] = {
+    Hello: _encode_hello,
+    HelloAck: _encode_hello_ack,
+    AuthChallenge: lambda f: b"\x03" + f.nonce,
+    AuthResponse: lambda f: b"\x04" + _AUTH_RESPONSE.pack(f.public_key, f.timestamp_ms, f.signature),
+    AuthOk: lambda f: b"\x05" + f.session_token,
+    Ping: lambda f: b"\x06" + _PING.pack(f.timestamp_ms, f.nonce, f.sequence),
+    Pong: lambda f: b"\x07" + _PONG.pack(f.timestamp_ms, f.nonce, f.sequence, f.received_ms),
+    Close: lambda f: b"\x08" + _CODE.pack(f.code) + f.reason.encode("utf-8")[:MAX_REASON],
+    Error: lambda f: b"\x09" + _CODE.pack(f.code) + f.reason.encode("utf-8")[:MAX_REASON],
+    FlowControl: lambda f: b"\x10" + _FLOW.pack(f.window, f.consumed, f.reason, f.retry_after_ms),
+    WindowUpdate: lambda f: b"\x11" + _WINDOW.pack(f.window, f.consumed),
+    Pex: lambda f: b"\x20" + bytes([f.subtype]) + f.body,
+    Receipt: lambda f: b"\x32" + _RECEIPT.pack(f.message_id, f.status, f.code),
+}
+
+
+# -- decoding ---------------------------------------------------------------
+
+
+def _decode_hello(body: bytes) -> Hello:
+    _at_least(body, 2, "HELLO")
+    role, count = _role(body[0]), body[1]
+    if count == 0 or count > MAX_VERSIONS:
+        raise FrameError(ErrorCode.PROTOCOL_ERROR, f"HELLO lists {count} versions")
+    end = 2 + 2 * count
+    _at_least(body, end + 4, "HELLO")
+    versions = tuple(_U16.unpack_from(body, 2 + 2 * i)[0] for i in range(count))
+    (capabilities,) = _U32.unpack_from(body, end)
+    features, offset = _read_features(body, end + 4)
+    if offset != len(body):
+        raise FrameError(ErrorCode.PROTOCOL_ERROR, "trailing bytes after HELLO")
+    return Hello(role, versions, capabilities, features)
+
+
+def _decode_hello_ack(body: bytes) -> HelloAck:
+    _at_least(body, 7, "HELLO_ACK")
+    role = _role(body[0])
+    (version,) = _U16.unpack_from(body, 1)
+    (capabilities,) = _U32.unpack_from(body, 3)
+    features, offset = _read_features(body, 7)
+    if offset != len(body):
+        raise FrameError(ErrorCode.PROTOCOL_ERROR, "trailing bytes after HELLO_ACK")
+    return HelloAck(role, version, capabilities, features)
+
+
+def _fixed(size: int, name: str, build: Callable[[bytes], Frame]) -> Callable[[bytes], Frame]:
+    def decode_fixed(body: bytes) -> Frame:
+        _exact(body, size, name)
+        return build(body)
+
+    return decode_fixed
+
+
+def _decode_send(body: bytes) -> Send:
+    _at_least(body, 48, "SEND")
+    return Send(body[:16], body[16:48], body[48:])
+
+
+def _decode_deliver(body: bytes) -> Deliver:
+    _at_least(body, 16, "DELIVER")
+    return Deliver(body[:16], body[16:])
+
+
+def _decode_close(body: bytes) -> Close:
+    _at_least(body, 2, "CLOSE")
+    return Close(_CODE.unpack_from(body)[0], _reason(body[2:]))
+
+
+def _decode_error(body: bytes) -> Error:
+    _at_least(body, 2, "ERROR")
+    return Error(_CODE.unpack_from(body)[0], _reason(body[2:]))
+
+
+def _decode_pex(body: bytes) -> Pex:
+    _at_least(body, 1, "PEX")
+    return Pex(body[0], body[1:])
+
+
+_DECODERS: dict[int, Callable[[bytes], Frame]] = {
+    FrameType.HELLO: _decode_hello,
+    FrameType.HELLO_ACK: _decode_hello_ack,
+    FrameType.AUTH_CHALLENGE: _fixed(32, "AUTH_CHALLENGE", lambda b: AuthChallenge(b)),
+    FrameType.AUTH_RESPONSE: _fixed(104, "AUTH_RESPONSE", lambda b: AuthResponse(*_AUTH_RESPONSE.unpack(b))),
+    FrameType.AUTH_OK: _fixed(32, "AUTH_OK", lambda b: AuthOk(b)),
+    FrameType.PING: _fixed(20, "PING", lambda b: Ping(*_PING.unpack(b))),
+    FrameType.PONG: _fixed(28, "PONG", lambda b: Pong(*_PONG.unpack(b))),
+    FrameType.CLOSE: _decode_close,
+    FrameType.ERROR: _decode_error,
+    FrameType.FLOW_CONTROL: _fixed(13, "FLOW_CONTROL", lambda b: FlowControl(*_FLOW.unpack(b))),
+    FrameType.WINDOW_UPDATE: _fixed(8, "WINDOW_UPDATE", lambda b: WindowUpdate(*_WINDOW.unpack(b))),
+    FrameType.PEX: _decode_pex,
+    FrameType.SEND: _decode_send,
+    FrameType.DELIVER: _decode_deliver,
+    FrameType.RECEIPT: _fixed(19, "RECEIPT", lambda b: Receipt(*_RECEIPT.unpack(b))),
+}
+
+
+def decode(data: bytes) -> Frame:
+    """One frame from ``type ‖ body``."""
+    if not data:
+        raise FrameError(ErrorCode.PROTOCOL_ERROR, "empty frame")
+    decoder = _DECODERS.get(data[0])
+    if decoder is None:
+        raise FrameError(ErrorCode.PROTOCOL_ERROR, f"unknown frame type 0x{data[0]:02x}")
+    return decoder(data[1:])
+
+
+def type_name(frame: Frame) -> str:
+    """A metric label for a frame."""
+    return _NAMES[type(frame)]
+
+
+_NAMES = {
+    Hello: "hello", HelloAck: "hello_ack", AuthChallenge: "auth_challenge", AuthResponse: "auth_response",
+    AuthOk: "auth_ok", Ping: "ping", Pong: "pong", Close: "close", Error: "error", FlowControl: "flow_control",
+    WindowUpdate: "window_update", Pex: "pex", Send: "send", Deliver: "deliver", Receipt: "receipt",
+}
+FRAME_NAMES = tuple(_NAMES.values())
+
+
+# -- records ----------------------------------------------------------------
+
+
+def pack_record(frames: list[bytes]) -> bytes:
+    """Join encoded frames into one record plaintext; the caller keeps it under MAX_RECORD."""
+    return b"".join(_U16.pack(len(f)) + f for f in frames)
+
+
+def split_record(plaintext: bytes) -> Iterator[bytes]:
+    """The encoded frames in a record plaintext."""
+    offset, end = 0, len(plaintext)
+    if end == 0:
+        raise FrameError(ErrorCode.PROTOCOL_ERROR, "empty record")
+    while offset < end:
+        if offset + 2 > end:
+            raise FrameError(ErrorCode.PROTOCOL_ERROR, "frame length runs past the record")
+        (size,) = _U16.unpack_from(plaintext, offset)
+        if size == 0:
+            raise FrameError(ErrorCode.PROTOCOL_ERROR, "zero-length frame")
+        if size > MAX_FRAME:
+            raise FrameError(ErrorCode.FRAME_TOO_LARGE, f"{size} bytes")
+        offset += 2
+        if offset + size > end:
+            raise FrameError(ErrorCode.PROTOCOL_ERROR, "frame runs past the record")
+        yield plaintext[offset : offset + size]
+        offset += size

@@ -1,0 +1,251 @@
+"""Twisted adapters for a link: bytes and timers in, records out, nothing else.
+
+One adapter per connection feeds a :class:`~.session.LinkConnection` and
+hands its events to an owner (the relay's hub, or the reference client).
+The adapter is the transport's streaming producer: when the kernel buffer
+fills, Twisted pauses it and it stops pulling records, so frames wait in the
+connection's bounded queues and the peer's window closes; nothing grows
+without bound. Exactly one ``callLater`` is armed, for the connection's
+next deadline.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol as TypingProtocol
+
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ..logs import logger
+from .frames import ErrorCode, Frame
+from .session import (
+    Authenticated,
+    Closing,
+    CreditAvailable,
+    Event,
+    LinkConnection,
+    Received,
+    RttSample,
+    State,
+)
+
+log = logger(__name__)
+
+ALPN = b"zentalk/3"
+EXPORTER_LABEL = b"EXPORTER-Channel-Binding"
+
+
+class LinkOwner(TypingProtocol):
+    """What an adapter reports to: the relay's hub or the reference client."""
+
+    def link_authenticated(self, adapter: "LinkAdapter", event: Authenticated) -> None: ...
+
+    def frame_received(self, adapter: "LinkAdapter", frame: Frame) -> None: ...
+
+    def credit_available(self, adapter: "LinkAdapter") -> None: ...
+
+    def rtt_measured(self, adapter: "LinkAdapter", seconds: float) -> None: ...
+
+    def link_closed(self, adapter: "LinkAdapter", code: ErrorCode, reason: str, by_peer: bool) -> None: ...
+
+
+@implementer(IPushProducer)
+class LinkAdapter:
+    """The carrier-independent half: events, timer, flushing, back-pressure."""
+
+    def __init__(self, reactor, owner: LinkOwner, make: Callable[[float], LinkConnection]) -> None:
+        self.reactor = reactor
+        self.owner = owner
+        self._make = make
+        self.conn: LinkConnection | None = None
+        self._timer = None
+        self._paused = False
+        self._closing = False
+        self._gone = False
+        self.peer_address = None
+
+    # -- hooks for the carriers ---------------------------------------------
+
+    def _write_units(self, units: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def _drop(self) -> None:
+        raise NotImplementedError
+
+    # -- shared --------------------------------------------------------------
+
+    def _started(self) -> None:
+        self.conn = self._make(self.reactor.seconds())
+        self._handle(self.conn.connection_made(self.reactor.seconds()))
+
+    def _handle(self, events: list[Event]) -> None:
+        for event in events:
+            kind = type(event)
+            if kind is Received:
+                self.owner.frame_received(self, event.frame)
+            elif kind is Authenticated:
+                self.owner.link_authenticated(self, event)
+            elif kind is CreditAvailable:
+                self.owner.credit_available(self)
+            elif kind is RttSample:
+                self.owner.rtt_measured(self, event.seconds)
+            elif kind is Closing:
+                self._closing = True
+                self.owner.link_closed(self, event.code, event.reason, event.by_peer)
+        self.flush()
+
+    def flush(self) -> None:
+        """Write what the connection has queued, unless the transport asked us to wait."""
+        conn = self.conn
+        if conn is None or self._gone:
+            return
+        if not self._paused:
+            units = conn.pull(self.reactor.seconds())
+            if units:
+                self._write_units(units)
+        if self._closing and not conn.pending():
+            self._gone = True
+            self._cancel_timer()
+            self._drop()
+            return
+        self._arm()
+
+    def send(self, frame: Frame, priority=None) -> bool:
+        """Queue an application frame and write it when possible; False if refused."""
+        if self.conn is None:
+            return False
+        accepted = self.conn.send(frame, self.reactor.seconds()) if priority is None else self.conn.send(
+            frame, self.reactor.seconds(), priority)
+        if accepted:
+            self.flush()
+        return accepted
+
+    def close(self, code: ErrorCode, reason: str) -> None:
+        if self.conn is None:
+            self._drop()
+            return
+        self._handle(self.conn.close(code, reason, self.reactor.seconds()))
+
+    def _arm(self) -> None:
+        deadline = self.conn.next_deadline() if self.conn is not None else None
+        if deadline is None:
+            self._cancel_timer()
+            return
+        if self._timer is not None and self._timer.active():
+            if abs(self._timer.getTime() - deadline) < 1e-6:
+                return
+            self._timer.cancel()
+        self._timer = self.reactor.callLater(max(0.0, deadline - self.reactor.seconds()), self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        if self.conn is not None and not self._gone:
+            self._handle(self.conn.on_timer(self.reactor.seconds()))
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _lost(self, reason: Failure) -> None:
+        self._cancel_timer()
+        already = self._closing
+        self._gone = True
+        if self.conn is not None:
+            self.conn.connection_lost()
+        if not already:
+            self._closing = True
+            self.owner.link_closed(self, ErrorCode.NORMAL, reason.getErrorMessage(), True)
+
+    # -- IPushProducer -------------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self.flush()
+
+    def stopProducing(self) -> None:
+        self._paused = True
+
+    @property
+    def state(self) -> State:
+        return State.IDLE if self.conn is None else self.conn.state
+
+
+@implementer(IHandshakeListener)
+class StreamLinkProtocol(LinkAdapter, Protocol):
+    """TCP (Noise inside) or TLS 1.3 (plain records inside)."""
+
+    def __init__(self, reactor, owner: LinkOwner, make: Callable[[float], LinkConnection], tls: bool) -> None:
+        LinkAdapter.__init__(self, reactor, owner, make)
+        self._tls = tls
+
+    def connectionMade(self) -> None:
+        self.peer_address = self.transport.getPeer()
+        self.transport.registerProducer(self, True)
+        self._started()
+
+    def handshakeCompleted(self) -> None:
+        """TLS is up: check ALPN and bind authentication to this session."""
+        if not self._tls or self.conn is None:
+            return
+        if getattr(self.transport, "negotiatedProtocol", None) != ALPN:
+            log.warn("TLS peer did not negotiate ALPN zentalk/3")
+            self.transport.abortConnection()
+            return
+        binding = self.transport.getHandle().export_keying_material(EXPORTER_LABEL, 32, None)
+        self._handle(self.conn.secure_established(binding, self.reactor.seconds()))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.conn is not None and not self._gone:
+            self._handle(self.conn.receive_data(data, self.reactor.seconds()))
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._lost(reason)
+
+    def _write_units(self, units: list[bytes]) -> None:
+        self.transport.write(units[0] if len(units) == 1 else b"".join(units))
+
+    def _drop(self) -> None:
+        self.transport.loseConnection()
+
+
+class WebSocketLinkProtocol(LinkAdapter):
+    """One Noise message per binary WebSocket message (``twisted.web.websocket``)."""
+
+    def __init__(self, reactor, owner: LinkOwner, make: Callable[[float], LinkConnection]) -> None:
+        super().__init__(reactor, owner, make)
+        self._transport = None
+
+    def negotiationStarted(self, transport) -> None:
+        self._transport = transport
+
+    def negotiationFinished(self) -> None:
+        self._transport.attachProducer(self)
+        self._started()
+
+    def bytesMessageReceived(self, data: bytes) -> None:
+        if self.conn is not None and not self._gone:
+            self._handle(self.conn.receive_record(bytes(data), self.reactor.seconds()))
+
+    def textMessageReceived(self, message: str) -> None:
+        if self.conn is not None:
+            self.close(ErrorCode.PROTOCOL_ERROR, "text messages are not part of the protocol")
+
+    def pongReceived(self, payload: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._lost(reason)
+
+    def _write_units(self, units: list[bytes]) -> None:
+        for unit in units:
+            self._transport.sendBytesMessage(unit)
+
+    def _drop(self) -> None:
+        if self._transport is not None:
+            self._transport.loseConnection()

@@ -1,0 +1,315 @@
+"""The relay link service: listeners, connection limits, and the hub that routes.
+
+The hub owns every link adapter of the node. It enforces the limits that
+need a view across links (per IP, pending handshakes, per node id, total),
+keeps authenticated links by node id, and hands a SEND to the recipient's
+link as a DELIVER. A limit is refused on the secure channel with a CLOSE
+frame that names it, then counted.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable
+
+from twisted.application.service import Service
+from twisted.internet.defer import gatherResults, maybeDeferred
+from twisted.internet.protocol import Factory
+
+from ..config import LinkConfig
+from ..identity import Identity
+from ..listen import ListenError, describe_port, listen_stream
+from ..logs import logger
+from ..ratelimit import Rate
+from .frames import Deliver, ErrorCode, FlowControl, FlowReason, Receipt, ReceiptStatus, Role, Send
+from .protocol import LinkAdapter, StreamLinkProtocol, WebSocketLinkProtocol
+from .session import Authenticated, Carrier, LinkConnection, LinkSettings, LinkStats, Priority, State
+
+log = logger(__name__)
+
+#: Noise ephemeral keys remembered to refuse a replayed first handshake message.
+REPLAY_MEMORY = 65536
+REPLAY_SECONDS = 600.0
+
+
+def settings_from(config: LinkConfig, capabilities: int = 0, features: tuple[str, ...] = ()) -> LinkSettings:
+    return LinkSettings(
+        window_initial=config.window_initial,
+        window_min=config.window_min,
+        window_max=config.window_max,
+        max_backlog=config.max_backlog,
+        messages=Rate(config.messages_per_minute, 60.0, config.messages_burst),
+        key_requests=Rate(config.key_requests_per_minute, 60.0, config.key_requests_burst),
+        pex=Rate(config.pex_per_minute, 60.0, config.pex_burst),
+        presence=Rate(config.presence_per_minute, 60.0, config.presence_burst),
+        capabilities=capabilities,
+        features=features,
+    )
+
+
+class LinkHub:
+    """Every link of the node, the limits across them, and message routing."""
+
+    def __init__(self, reactor, config: LinkConfig, identity: Identity, stats: LinkStats,
+                 settings: LinkSettings, rtt_observer: Callable[[float], None] = lambda seconds: None) -> None:
+        self.reactor = reactor
+        self.config = config
+        self.identity = identity
+        self.stats = stats
+        self.settings = settings
+        self.adapters: set[LinkAdapter] = set()
+        self.by_peer: dict[bytes, list[LinkAdapter]] = {}
+        self.refusals: dict[str, int] = {}
+        self._per_ip: dict[str, int] = {}
+        self._ip_of: dict[LinkAdapter, str] = {}
+        self._pending: set[LinkAdapter] = set()
+        self._replays: OrderedDict[bytes, float] = OrderedDict()
+        self._rtt_observer = rtt_observer
+        self.accepting = True
+
+    # -- admission -----------------------------------------------------------
+
+    def _refusal(self, ip: str) -> tuple[ErrorCode, str] | None:
+        if not self.accepting:
+            return ErrorCode.SHUTTING_DOWN, "the relay is shutting down"
+        if len(self.adapters) >= self.config.max_links:
+            return ErrorCode.SERVER_FULL, "the relay holds as many links as it may"
+        if self._per_ip.get(ip, 0) >= self.config.links_per_ip:
+            return ErrorCode.TOO_MANY_CONNECTIONS_FROM_IP, "too many links from this address"
+        if len(self._pending) >= self.config.pending_handshakes:
+            return ErrorCode.TOO_MANY_PENDING_HANDSHAKES, "too many handshakes in progress"
+        return None
+
+    def _fresh_handshake(self, ephemeral: bytes) -> bool:
+        now = self.reactor.seconds()
+        while self._replays:
+            oldest, seen = next(iter(self._replays.items()))
+            if now - seen < REPLAY_SECONDS and len(self._replays) < REPLAY_MEMORY:
+                break
+            self._replays.popitem(last=False)
+        if ephemeral in self._replays:
+            return False
+        self._replays[ephemeral] = now
+        return True
+
+    def build(self, carrier: Carrier, address) -> LinkAdapter:
+        ip = getattr(address, "host", "unix")
+        refusal = self._refusal(ip)
+        if refusal is not None:
+            self.refusals[refusal[0].label] = self.refusals.get(refusal[0].label, 0) + 1
+            log.debug("refusing a link: {reason}", reason=refusal[0].label)
+
+        accept = (Role.CLIENT, Role.RELAY) if self.config.accept_relays else (Role.CLIENT,)
+
+        def make(now: float) -> LinkConnection:
+            return LinkConnection(
+                initiator=False, role=Role.RELAY, signing_key=self.identity.signing_key, carrier=carrier,
+                settings=self.settings, now=now, stats=self.stats,
+                static_private=bytes(self.identity.link_key), accept_roles=accept,
+                replay_check=self._fresh_handshake, refuse=refusal,
+            )
+
+        if carrier is Carrier.NOISE_MESSAGES:
+            adapter: LinkAdapter = WebSocketLinkProtocol(self.reactor, self, make)
+        else:
+            adapter = StreamLinkProtocol(self.reactor, self, make, tls=carrier is Carrier.TLS_STREAM)
+        self.adapters.add(adapter)
+        self._ip_of[adapter] = ip
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        if refusal is None:
+            self._pending.add(adapter)
+        return adapter
+
+    # -- LinkOwner -----------------------------------------------------------
+
+    def link_authenticated(self, adapter: LinkAdapter, event: Authenticated) -> None:
+        self._pending.discard(adapter)
+        links = self.by_peer.setdefault(event.peer_id, [])
+        if len(links) >= self.config.links_per_peer:
+            self.refusals[ErrorCode.TOO_MANY_LINKS_FOR_PEER.label] = self.refusals.get(
+                ErrorCode.TOO_MANY_LINKS_FOR_PEER.label, 0) + 1
+            adapter.close(ErrorCode.TOO_MANY_LINKS_FOR_PEER, "this node id has as many links as it may")
+            return
+        links.append(adapter)
+
+    def frame_received(self, adapter: LinkAdapter, frame) -> None:
+        if type(frame) is Send:
+            self._route(adapter, frame)
+
+    def _route(self, sender: LinkAdapter, send: Send) -> None:
+        links = self.by_peer.get(send.recipient)
+        if not links:
+            sender.send(Receipt(send.message_id, ReceiptStatus.REFUSED, ErrorCode.UNKNOWN_RECIPIENT))
+            return
+        target = links[-1]
+        if target.send(Deliver(send.message_id, send.body)):
+            sender.send(Receipt(send.message_id, ReceiptStatus.DELIVERED))
+            return
+        sender.send(Receipt(send.message_id, ReceiptStatus.REFUSED, ErrorCode.RECIPIENT_BUSY))
+        sender.send(FlowControl(self.settings.window_min, 0, FlowReason.BUFFER_FULL, 250), Priority.CONTROL)
+
+    def credit_available(self, adapter: LinkAdapter) -> None:
+        adapter.flush()
+
+    def rtt_measured(self, adapter: LinkAdapter, seconds: float) -> None:
+        self._rtt_observer(seconds)
+
+    def link_closed(self, adapter: LinkAdapter, code: ErrorCode, reason: str, by_peer: bool) -> None:
+        self._pending.discard(adapter)
+        if adapter not in self.adapters:
+            return
+        self.adapters.discard(adapter)
+        ip = self._ip_of.pop(adapter, None)
+        if ip is not None:
+            left = self._per_ip.get(ip, 1) - 1
+            if left:
+                self._per_ip[ip] = left
+            else:
+                self._per_ip.pop(ip, None)
+        conn = adapter.conn
+        if conn is not None and conn.peer_id is not None:
+            links = self.by_peer.get(conn.peer_id)
+            if links and adapter in links:
+                links.remove(adapter)
+                if not links:
+                    del self.by_peer[conn.peer_id]
+
+    # -- views for metrics and status ---------------------------------------
+
+    def link_counts(self) -> dict[tuple[str, str], int]:
+        counts: dict[tuple[str, str], int] = {}
+        for adapter in self.adapters:
+            conn = adapter.conn
+            state = adapter.state.value
+            if conn is not None and conn.state is State.ACTIVE and conn.idle:
+                state = "idle"
+            kind = "unknown" if conn is None or conn.peer_role is None else conn.peer_role.name.lower()
+            counts[state, kind] = counts.get((state, kind), 0) + 1
+        return counts
+
+    def close_all(self, code: ErrorCode, reason: str) -> None:
+        self.accepting = False
+        for adapter in list(self.adapters):
+            adapter.close(code, reason)
+
+
+class _LinkFactory(Factory):
+    noisy = False
+
+    def __init__(self, hub: LinkHub, carrier: Carrier) -> None:
+        self._hub = hub
+        self._carrier = carrier
+
+    def buildProtocol(self, addr):
+        protocol = self._hub.build(self._carrier, addr)
+        protocol.factory = self
+        return protocol
+
+
+def _tls_factory(config: LinkConfig, wrapped: Factory):
+    """TLS 1.3 only, ALPN zentalk/3, around ``wrapped``."""
+    from OpenSSL import crypto
+    from twisted.internet.ssl import CertificateOptions, TLSVersion
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    try:
+        with open(config.tls_certificate, "rb") as handle:
+            chain = handle.read()
+        with open(config.tls_private_key, "rb") as handle:
+            key = crypto.load_privatekey(crypto.FILETYPE_PEM, handle.read())
+    except (OSError, crypto.Error) as error:
+        raise ListenError(f"cannot load the TLS certificate or key: {error}") from None
+    certificates = [crypto.load_certificate(crypto.FILETYPE_PEM, block) for block in _pem_blocks(chain)]
+    if not certificates:
+        raise ListenError(f"no certificate in {config.tls_certificate}")
+    options = CertificateOptions(
+        privateKey=key, certificate=certificates[0], extraCertChain=certificates[1:],
+        raiseMinimumTo=TLSVersion.TLSv1_3, acceptableProtocols=[b"zentalk/3"],
+    )
+    return TLSMemoryBIOFactory(options, False, wrapped)
+
+
+def _pem_blocks(chain: bytes) -> list[bytes]:
+    marker = b"-----END CERTIFICATE-----"
+    return [part + marker for part in chain.split(marker) if b"-----BEGIN CERTIFICATE-----" in part]
+
+
+class _WebSocketFactory:
+    """``twisted.web.websocket`` asks this for a protocol per upgraded request."""
+
+    def __init__(self, hub: LinkHub) -> None:
+        self._hub = hub
+
+    def buildProtocol(self, request):
+        return self._hub.build(Carrier.NOISE_MESSAGES, request.getClientAddress())
+
+
+class LinkService(Service):
+    def __init__(self, reactor, config: LinkConfig, hub: LinkHub) -> None:
+        self._reactor = reactor
+        self._config = config
+        self.hub = hub
+        self._ports: list[tuple[str, object]] = []
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [describe_port(kind, port) for kind, port in self._ports]
+
+    def bootstrap_addresses(self) -> tuple[tuple[str, int], ...]:
+        from ..config import parse_host_port
+
+        if self._config.public_addresses:
+            return tuple(parse_host_port(a) for a in self._config.public_addresses)
+        found = []
+        for kind, port in self._ports:
+            address = port.getHost()
+            if kind == "tcp" and getattr(address, "host", "") not in ("", "0.0.0.0", "::"):
+                found.append((address.host, address.port))
+        return tuple(found)
+
+    def privilegedStartService(self) -> None:
+        try:
+            for description in self._config.tcp:
+                self._listen("tcp", description, _LinkFactory(self.hub, Carrier.NOISE_STREAM))
+            if self._config.tls:
+                if not (self._config.tls_certificate and self._config.tls_private_key):
+                    raise ListenError("link.tls needs link.tls_certificate and link.tls_private_key")
+                self._listen("tls", self._config.tls,
+                             _tls_factory(self._config, _LinkFactory(self.hub, Carrier.TLS_STREAM)))
+            if self._config.websocket:
+                from twisted.web.resource import Resource
+                from twisted.web.server import Site
+                from twisted.web.websocket import WebSocketResource
+
+                root = Resource()
+                parts = [p.encode() for p in self._config.websocket_path.strip("/").split("/") if p]
+                node = root
+                for part in parts[:-1]:
+                    child = Resource()
+                    node.putChild(part, child)
+                    node = child
+                node.putChild(parts[-1] if parts else b"", WebSocketResource(_WebSocketFactory(self.hub)))
+                site = Site(root)
+                site.noisy = False
+                site.log = lambda request: None
+                self._listen("ws", self._config.websocket, site)
+        except Exception:
+            self._close_ports()
+            raise
+        super().privilegedStartService()
+
+    def _listen(self, kind: str, description: str, factory) -> None:
+        port = listen_stream(self._reactor, description, factory)
+        self._ports.append((kind, port))
+        log.info("links ({kind}) listening on {endpoint}", kind=kind, endpoint=describe_port(kind, port))
+
+    def stopService(self):
+        super().stopService()
+        self.hub.close_all(ErrorCode.SHUTTING_DOWN, "the relay is shutting down")
+        return self._close_ports()
+
+    def _close_ports(self):
+        ports, self._ports = self._ports, []
+        return gatherResults([maybeDeferred(port.stopListening) for _, port in ports])
+
+

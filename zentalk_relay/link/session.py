@@ -1,0 +1,700 @@
+"""One link's state machine, sans-IO: secure channel, handshake, timers, flow control.
+
+A :class:`LinkConnection` is fed the bytes (or WebSocket messages) that
+arrive and the current time; it returns events for its owner and holds the
+records to write until :meth:`LinkConnection.pull` takes them. It never
+touches a socket, the clock or global randomness; the adapter arms one timer
+for :meth:`LinkConnection.next_deadline`.
+
+States: IDLE → CONNECTING → HANDSHAKE → ACTIVE → CLOSING → CLOSED.
+
+Handshake over Noise (TCP and WebSocket carriers)::
+
+    I → R   Noise  -> e, es
+    I ← R   Noise  <- e, ee                       channel binding = handshake hash
+    I → R   HELLO, AUTH_CHALLENGE(ni)
+    I ← R   HELLO_ACK, AUTH_CHALLENGE(nr), AUTH_RESPONSE(sig over ni)
+    I → R   AUTH_RESPONSE(sig over nr)            R: ACTIVE
+    I ← R   AUTH_OK(session token)                I: ACTIVE
+
+Over TLS the Noise messages are absent and the binding is the TLS exporter.
+Both sides always prove their node id, so relay-to-relay links are
+authenticated both ways and a client knows it reached the relay it pinned.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from nacl.signing import SigningKey
+
+from . import auth, frames
+from .frames import (
+    FLOW_CONTROLLED,
+    AuthChallenge,
+    AuthOk,
+    AuthResponse,
+    Close,
+    Deliver,
+    Error,
+    ErrorCode,
+    FlowControl,
+    FlowReason,
+    FrameError,
+    Hello,
+    HelloAck,
+    Ping,
+    Pong,
+    Receipt,
+    Role,
+    Send,
+    WindowUpdate,
+)
+from .noise import LengthPrefixedReader, NoiseError, NoiseNK
+from .noise import frame as noise_frame
+from ..ratelimit import Rate, TokenBucket
+
+PROLOGUE = b"zentalk-link/3"
+#: Records are filled up to this many bytes of frames when more are queued;
+#: larger records cost fewer AEAD calls, smaller ones less head-of-line delay.
+RECORD_TARGET = 16384
+RTT_CLASSES = ((0.050, "excellent"), (0.150, "good"), (0.500, "fair"), (1.000, "poor"))
+
+
+class State(enum.Enum):
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    HANDSHAKE = "handshake"
+    ACTIVE = "active"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class Carrier(enum.Enum):
+    NOISE_STREAM = "tcp"  # Noise messages behind 2-byte lengths on a byte stream
+    NOISE_MESSAGES = "ws"  # one Noise message per WebSocket binary message
+    TLS_STREAM = "tls"  # plaintext records behind 2-byte lengths inside TLS 1.3
+
+
+class Priority(enum.IntEnum):
+    CONTROL = 0  # handshake, PING/PONG, CLOSE, flow control
+    KEY_EXCHANGE = 1
+    MESSAGE = 2
+    BACKGROUND = 3  # presence, PEX
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSettings:
+    connect_timeout: float = 5.0
+    handshake_timeout: float = 10.0
+    ping_interval: float = 30.0
+    ping_jitter: float = 5.0
+    pong_timeout: float = 10.0
+    dead_after_missed: int = 3
+    idle_after: float = 300.0
+    window_initial: int = 1000
+    window_min: int = 100
+    window_max: int = 10000
+    #: Application frames waiting for the peer's window before new ones are refused.
+    max_backlog: int = 2000
+    messages: Rate = Rate(100, 60.0, 20)
+    key_requests: Rate = Rate(20, 60.0, 5)
+    pex: Rate = Rate(1, 60.0, 1)
+    presence: Rate = Rate(10, 60.0, 3)
+    versions: tuple[int, ...] = (frames.PROTOCOL_VERSION,)
+    capabilities: int = 0
+    features: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class LinkStats:
+    """Counts shared by every link of a node; exported by the metrics module."""
+
+    frames_in: dict[str, int] = field(default_factory=dict)
+    frames_out: dict[str, int] = field(default_factory=dict)
+    bytes_in: int = 0
+    bytes_out: int = 0
+    handshakes: dict[str, int] = field(default_factory=dict)
+    closes: dict[str, int] = field(default_factory=dict)
+
+    def count(self, table: dict[str, int], key: str, amount: int = 1) -> None:
+        table[key] = table.get(key, 0) + amount
+
+
+# -- events -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    peer_id: bytes
+    role: Role
+    version: int
+    capabilities: int
+    features: tuple[str, ...]
+    session_token: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """An application frame from the authenticated peer."""
+
+    frame: frames.Frame
+
+
+@dataclass(frozen=True, slots=True)
+class RttSample:
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Closing:
+    """The link is over: write what :meth:`pull` returns, then drop the transport."""
+
+    code: ErrorCode
+    reason: str
+    by_peer: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CreditAvailable:
+    """The peer opened its window: queued application frames can move again."""
+
+
+Event = Authenticated | Received | RttSample | Closing | CreditAvailable
+
+
+def rtt_class(seconds: float) -> str:
+    for bound, name in RTT_CLASSES:
+        if seconds < bound:
+            return name
+    return "bad"
+
+
+class LinkConnection:
+    """The sans-IO core of one link, either side."""
+
+    def __init__(
+        self,
+        *,
+        initiator: bool,
+        role: Role,
+        signing_key: SigningKey,
+        carrier: Carrier,
+        settings: LinkSettings,
+        now: float,
+        stats: LinkStats | None = None,
+        rng: Callable[[int], bytes] = os.urandom,
+        static_private: bytes | None = None,
+        remote_static: bytes | None = None,
+        expected_peer_id: bytes | None = None,
+        accept_roles: tuple[Role, ...] = (Role.CLIENT, Role.RELAY),
+        replay_check: Callable[[bytes], bool] | None = None,
+        session_token: Callable[[bytes], bytes] | None = None,
+        refuse: tuple[ErrorCode, str] | None = None,
+    ) -> None:
+        self.initiator = initiator
+        self.role = role
+        self.carrier = carrier
+        self.settings = settings
+        self.stats = stats if stats is not None else LinkStats()
+        self.state = State.IDLE
+        self.peer_id: bytes | None = None
+        self.peer_role: Role | None = None
+        self.version: int | None = None
+        self.capabilities = 0
+        self.features: tuple[str, ...] = ()
+        self.close_code: ErrorCode | None = None
+        self.last_rtt: float | None = None
+        self.idle = False
+        self._key = signing_key
+        self._rng = rng
+        self._expected_peer_id = expected_peer_id
+        self._accept_roles = accept_roles
+        self._replay_check = replay_check
+        self._make_token = session_token
+        self._refuse = refuse
+        self._created = now
+
+        if carrier is Carrier.TLS_STREAM:
+            self._noise = None
+        elif initiator:
+            if remote_static is None:
+                raise ValueError("a Noise initiator needs the responder's static key")
+            self._noise = NoiseNK.initiator(remote_static, PROLOGUE, rng=rng)
+        else:
+            if static_private is None:
+                raise ValueError("a Noise responder needs its static key")
+            self._noise = NoiseNK.responder(static_private, PROLOGUE, rng=rng)
+        self._reader = LengthPrefixedReader() if carrier is not Carrier.NOISE_MESSAGES else None
+        self._send_cipher = None
+        self._recv_cipher = None
+        self._binding: bytes | None = None
+
+        # handshake progress
+        self._our_challenge = rng(32)
+        self._hello_done = False
+        self._challenge_answered = False
+        self._peer_verified = False
+        self._auth_ok_seen = False
+
+        # outbound
+        self._queues: tuple[deque[bytes], ...] = (deque(), deque(), deque(), deque())
+        self._raw_out: list[bytes] = []  # handshake messages, sent as they are
+        self._backlog: deque[frames.Frame] = deque()  # flow-controlled frames waiting for credit
+        self._sent_flow = 0
+        self._peer_window = settings.window_initial
+        self._peer_consumed = 0
+        self._paused_until = 0.0
+
+        # inbound flow control
+        self._window = settings.window_initial
+        self._received_flow = 0
+        self._reported_consumed = 0
+
+        # timers
+        self._deadline_handshake: float | None = None
+        self._deadline_connect: float | None = None
+        self._next_ping: float | None = None
+        self._ping_out: tuple[int, bytes, float] | None = None  # sequence, nonce, sent at
+        self._ping_sequence = 0
+        self._missed_pongs = 0
+        self._idle_check_at = now + settings.idle_after
+        self._idle_probe = False
+
+        self._buckets = {
+            "messages": TokenBucket(settings.messages, now),
+            "key_requests": TokenBucket(settings.key_requests, now),
+            "pex": TokenBucket(settings.pex, now),
+            "presence": TokenBucket(settings.presence, now),
+        }
+
+    # -- lifecycle inputs ----------------------------------------------------
+
+    def connecting(self, now: float) -> None:
+        """The initiator's transport is being connected."""
+        self.state = State.CONNECTING
+        self._deadline_connect = now + self.settings.connect_timeout
+
+    def connection_made(self, now: float) -> list[Event]:
+        """The transport is up; for TLS, call :meth:`secure_established` when the handshake ends."""
+        self.state = State.HANDSHAKE
+        self._deadline_connect = None
+        self._deadline_handshake = now + self.settings.handshake_timeout
+        if self._noise is not None and self.initiator:
+            self._raw_out.append(self._noise.write_message(b""))
+        return []
+
+    def secure_established(self, binding: bytes, now: float) -> list[Event]:
+        """TLS finished its handshake; ``binding`` is its RFC 9266 exporter value."""
+        self._binding = binding
+        return self._channel_ready(now)
+
+    def connection_lost(self) -> None:
+        self.state = State.CLOSED
+
+    def close(self, code: ErrorCode, reason: str, now: float) -> list[Event]:
+        """Close from our side: a CLOSE frame goes out if the channel is secure."""
+        return self._close(code, reason, by_peer=False)
+
+    # -- data inputs ---------------------------------------------------------
+
+    def receive_data(self, data: bytes, now: float) -> list[Event]:
+        """Bytes from a stream carrier (TCP, TLS)."""
+        if self.state in (State.CLOSING, State.CLOSED):
+            return []
+        self.stats.bytes_in += len(data)
+        assert self._reader is not None
+        try:
+            self._reader.receive_data(data)
+        except NoiseError as error:
+            return self._close(ErrorCode.FRAME_TOO_LARGE if error.reason == "bad_length" else ErrorCode.PROTOCOL_ERROR,
+                               f"bad record length ({error.reason})", by_peer=False)
+        events: list[Event] = []
+        while self.state not in (State.CLOSING, State.CLOSED):
+            try:
+                record = self._reader.next_message()
+            except NoiseError as error:
+                events += self._close(ErrorCode.FRAME_TOO_LARGE, f"bad record ({error.reason})", by_peer=False)
+                break
+            if record is None:
+                break
+            events += self._record(record, now)
+        return events
+
+    def receive_record(self, record: bytes, now: float) -> list[Event]:
+        """One WebSocket binary message."""
+        if self.state in (State.CLOSING, State.CLOSED):
+            return []
+        self.stats.bytes_in += len(record)
+        if len(record) > 65535:
+            return self._close(ErrorCode.FRAME_TOO_LARGE, "WebSocket message larger than a record", by_peer=False)
+        return self._record(record, now)
+
+    def _record(self, record: bytes, now: float) -> list[Event]:
+        if self._noise is not None and not self._noise.complete:
+            return self._noise_handshake(record, now)
+        if self._recv_cipher is not None:
+            try:
+                plaintext = self._recv_cipher.decrypt_with_ad(b"", record)
+            except NoiseError:
+                return self._close(ErrorCode.DECRYPT_FAILED, "a record failed authentication", by_peer=False)
+        elif self.carrier is Carrier.TLS_STREAM and self._binding is not None:
+            plaintext = record
+        else:
+            return self._close(ErrorCode.UNEXPECTED_FRAME, "data before the secure channel", by_peer=False)
+        events: list[Event] = []
+        try:
+            for raw in frames.split_record(plaintext):
+                frame = frames.decode(raw)
+                self.stats.count(self.stats.frames_in, frames.type_name(frame))
+                events += self._frame(frame, now)
+                if self.state in (State.CLOSING, State.CLOSED):
+                    break
+        except FrameError as error:
+            events += self._close(error.code, error.detail, by_peer=False)
+        return events
+
+    # -- Noise ---------------------------------------------------------------
+
+    def _noise_handshake(self, message: bytes, now: float) -> list[Event]:
+        assert self._noise is not None
+        try:
+            if not self.initiator:
+                if self._replay_check is not None and len(message) >= 32 and not self._replay_check(message[:32]):
+                    return self._close(ErrorCode.HANDSHAKE_REPLAYED, "this handshake was seen before",
+                                       by_peer=False, secure=False)
+                self._noise.read_message(message)
+                self._raw_out.append(self._noise.write_message(b""))
+            else:
+                self._noise.read_message(message)
+        except NoiseError as error:
+            return self._close(ErrorCode.DECRYPT_FAILED, f"Noise handshake failed ({error.reason})",
+                               by_peer=False, secure=False)
+        self._send_cipher, self._recv_cipher = self._noise.split()
+        self._binding = self._noise.handshake_hash
+        return self._channel_ready(now)
+
+    def _channel_ready(self, now: float) -> list[Event]:
+        if self._refuse is not None:
+            # A limit was hit: say so on the secure channel, then go.
+            return self._close(*self._refuse, by_peer=False)
+        if self.initiator:
+            s = self.settings
+            self._queue(Hello(self.role, s.versions, s.capabilities, s.features), Priority.CONTROL)
+            self._queue(AuthChallenge(self._our_challenge), Priority.CONTROL)
+        return []
+
+    # -- frames --------------------------------------------------------------
+
+    def _frame(self, frame: frames.Frame, now: float) -> list[Event]:
+        if self.state is State.ACTIVE:
+            return self._active_frame(frame, now)
+        kind = type(frame)
+        if kind is Close:
+            return self._close(ErrorCode.NORMAL, frame.reason, by_peer=True, peer_code=frame.code)
+        if kind is Hello and not self.initiator and not self._hello_done:
+            return self._hello(frame)
+        if kind is HelloAck and self.initiator and not self._hello_done:
+            return self._hello_ack(frame)
+        if kind is AuthChallenge and self._hello_done and not self._challenge_answered:
+            self._challenge_answered = True
+            side = auth.INITIATOR if self.initiator else auth.RESPONDER
+            self._queue(auth.respond(self._key, side, frame.nonce, _ms(now), self._binding), Priority.CONTROL)
+            return []
+        if kind is AuthResponse and self._hello_done and not self._peer_verified:
+            return self._auth_response(frame, now)
+        if kind is AuthOk and self.initiator and self._peer_verified:
+            return self._activate(now, frame.session_token)
+        return self._close(ErrorCode.UNEXPECTED_FRAME,
+                           f"{frames.type_name(frame)} is not expected during the handshake", by_peer=False)
+
+    def _hello(self, hello: Hello) -> list[Event]:
+        if hello.role not in self._accept_roles:
+            return self._close(ErrorCode.ROLE_REFUSED, f"this listener does not accept {hello.role.name.lower()}s",
+                               by_peer=False)
+        version = _negotiate(self.settings.versions, hello.versions)
+        if version is None:
+            return self._close(ErrorCode.VERSION_MISMATCH, "no common protocol version with the same major",
+                               by_peer=False)
+        self._settle(hello.role, version, hello.capabilities, hello.features)
+        self._queue(HelloAck(self.role, version, self.capabilities, self.features), Priority.CONTROL)
+        self._queue(AuthChallenge(self._our_challenge), Priority.CONTROL)
+        return []
+
+    def _hello_ack(self, ack: HelloAck) -> list[Event]:
+        ours = self.settings.versions
+        if ack.version not in ours:
+            return self._close(ErrorCode.VERSION_MISMATCH, "the peer chose a version we did not offer", by_peer=False)
+        self._settle(ack.role, ack.version, ack.capabilities, ack.features)
+        return []
+
+    def _settle(self, role: Role, version: int, capabilities: int, features: tuple[str, ...]) -> None:
+        self.peer_role = role
+        self.version = version
+        self.capabilities = self.settings.capabilities & capabilities
+        self.features = tuple(name for name in self.settings.features if name in features)
+        self._hello_done = True
+
+    def _auth_response(self, response: AuthResponse, now: float) -> list[Event]:
+        side = auth.RESPONDER if self.initiator else auth.INITIATOR
+        try:
+            self.peer_id = auth.verify(response, side, self._our_challenge, _ms(now), self._binding,
+                                       self._expected_peer_id)
+        except FrameError as error:
+            return self._close(error.code, error.detail, by_peer=False)
+        self._peer_verified = True
+        if self.initiator:
+            return []
+        token = self._make_token(self.peer_id) if self._make_token is not None else self._rng(32)
+        self._queue(AuthOk(token), Priority.CONTROL)
+        return self._activate(now, token)
+
+    def _activate(self, now: float, token: bytes) -> list[Event]:
+        self.state = State.ACTIVE
+        self._deadline_handshake = None
+        self._idle_check_at = now + self.settings.idle_after
+        self._schedule_ping(now)
+        self.stats.count(self.stats.handshakes, "success")
+        assert self.peer_id is not None and self.peer_role is not None and self.version is not None
+        return [Authenticated(self.peer_id, self.peer_role, self.version, self.capabilities, self.features, token)]
+
+    def _active_frame(self, frame: frames.Frame, now: float) -> list[Event]:
+        kind = type(frame)
+        if kind in FLOW_CONTROLLED:
+            self._received_flow += 1
+            if self._received_flow - self._reported_consumed > self._window:
+                return self._close(ErrorCode.FLOW_VIOLATION, "more messages than the window allows", by_peer=False)
+            self._idle_check_at = now + self.settings.idle_after
+            self.idle = False
+            if kind is Send and not self._buckets["messages"].take(now):
+                self._consumed(1)
+                retry = self._buckets["messages"].retry_after(now)
+                self._queue(Receipt(frame.message_id, frames.ReceiptStatus.REFUSED, ErrorCode.RATE_LIMITED),
+                            Priority.MESSAGE)
+                self._queue(FlowControl(self._window, self._received_flow, FlowReason.RATE_LIMIT,
+                                        int(retry * 1000) + 1), Priority.CONTROL)
+                return []
+            self._consumed(1)
+            return [Received(frame)]
+        if kind is Ping:
+            self._queue(Pong(frame.timestamp_ms, frame.nonce, frame.sequence, _ms(now)), Priority.CONTROL)
+            return []
+        if kind is Pong:
+            return self._pong(frame, now)
+        if kind is WindowUpdate or kind is FlowControl:
+            return self._window_update(frame, now)
+        if kind is Close:
+            return self._close(ErrorCode.NORMAL, frame.reason, by_peer=True, peer_code=frame.code)
+        if kind in (Receipt, Error, frames.Pex):
+            if kind is frames.Pex and not self._buckets["pex"].take(now):
+                self._queue(Error(ErrorCode.RATE_LIMITED, "one PEX request per minute"), Priority.BACKGROUND)
+                return []
+            return [Received(frame)]
+        return self._close(ErrorCode.UNEXPECTED_FRAME, f"{frames.type_name(frame)} after the handshake",
+                           by_peer=False)
+
+    # -- flow control --------------------------------------------------------
+
+    def _consumed(self, count: int) -> None:
+        """We processed ``count`` flow-controlled frames; tell the peer at half a window."""
+        consumed = self._received_flow
+        if consumed - self._reported_consumed >= self._window // 2:
+            self._reported_consumed = consumed
+            self._queue(WindowUpdate(self._window, consumed & 0xFFFFFFFF), Priority.CONTROL)
+
+    def _window_update(self, frame: WindowUpdate | FlowControl, now: float) -> list[Event]:
+        s = self.settings
+        self._peer_window = max(0, min(frame.window, s.window_max))
+        # counters are u32 on the wire and cumulative; accept only forward movement
+        delta = (frame.consumed - self._peer_consumed) & 0xFFFFFFFF
+        if delta <= self._sent_flow - self._peer_consumed:
+            self._peer_consumed += delta
+        if isinstance(frame, FlowControl):
+            self._paused_until = now + min(frame.retry_after_ms, 60_000) / 1000.0
+        if self._backlog and self.credit(now) > 0:
+            return [CreditAvailable()]
+        return []
+
+    def credit(self, now: float) -> int:
+        """How many flow-controlled frames the peer will take now."""
+        if now < self._paused_until:
+            return 0
+        return self._peer_window - (self._sent_flow - self._peer_consumed)
+
+    @property
+    def backlog(self) -> int:
+        return len(self._backlog)
+
+    def send(self, frame: frames.Frame, now: float, priority: Priority = Priority.MESSAGE) -> bool:
+        """Queue an application frame; False if the link cannot take more (refuse upstream)."""
+        if self.state is not State.ACTIVE:
+            return False
+        if isinstance(frame, FLOW_CONTROLLED):
+            if self._backlog or self.credit(now) <= 0:
+                if len(self._backlog) >= self.settings.max_backlog:
+                    return False
+                self._backlog.append(frame)
+                return True
+            self._sent_flow += 1
+            self._idle_check_at = now + self.settings.idle_after
+        self._queue(frame, priority)
+        return True
+
+    def _release_backlog(self, now: float) -> None:
+        credit = self.credit(now)
+        while self._backlog and credit > 0:
+            self._queue(self._backlog.popleft(), Priority.MESSAGE)
+            self._sent_flow += 1
+            credit -= 1
+
+    # -- timers --------------------------------------------------------------
+
+    def _schedule_ping(self, now: float) -> None:
+        jitter = int.from_bytes(self._rng(2), "big") / 65535 * self.settings.ping_jitter
+        self._next_ping = now + self.settings.ping_interval + jitter
+
+    def _send_ping(self, now: float) -> None:
+        self._ping_sequence = (self._ping_sequence + 1) & 0xFFFFFFFF
+        nonce = self._rng(8)
+        self._ping_out = (self._ping_sequence, nonce, now)
+        self._queue(Ping(_ms(now), nonce, self._ping_sequence), Priority.CONTROL)
+
+    def _pong(self, pong: Pong, now: float) -> list[Event]:
+        if self._ping_out is None or (pong.sequence, pong.nonce) != self._ping_out[:2]:
+            return []  # late or unsolicited: harmless
+        rtt = now - self._ping_out[2]
+        self._ping_out = None
+        self._missed_pongs = 0
+        if self._idle_probe:
+            self._idle_probe = False
+            self._idle_check_at = now + self.settings.idle_after
+        self.last_rtt = rtt
+        return [RttSample(rtt)]
+
+    def next_deadline(self) -> float | None:
+        candidates = [self._deadline_connect, self._deadline_handshake]
+        if self.state is State.ACTIVE:
+            candidates.append(self._next_ping)
+            if self._ping_out is not None:
+                candidates.append(self._ping_out[2] + self.settings.pong_timeout)
+            if not self._idle_probe:
+                candidates.append(self._idle_check_at)
+            if self._backlog and self._paused_until:
+                candidates.append(self._paused_until)
+        return min((c for c in candidates if c is not None), default=None)
+
+    def on_timer(self, now: float) -> list[Event]:
+        """Run whatever is due at ``now``."""
+        if self.state in (State.CLOSING, State.CLOSED):
+            return []
+        if self._deadline_connect is not None and now >= self._deadline_connect:
+            return self._close(ErrorCode.HANDSHAKE_TIMEOUT, "connect timed out", by_peer=False, secure=False)
+        if self._deadline_handshake is not None and now >= self._deadline_handshake:
+            return self._close(ErrorCode.HANDSHAKE_TIMEOUT, "the handshake took too long", by_peer=False)
+        if self.state is not State.ACTIVE:
+            return []
+        events: list[Event] = []
+        if self._ping_out is not None and now >= self._ping_out[2] + self.settings.pong_timeout:
+            self._ping_out = None
+            if self._idle_probe:
+                return self._close(ErrorCode.IDLE_TIMEOUT, "idle, and no PONG to the probe", by_peer=False)
+            self._missed_pongs += 1
+            if self._missed_pongs >= self.settings.dead_after_missed:
+                return self._close(ErrorCode.DEAD_PEER, f"{self._missed_pongs} PONGs missed", by_peer=False)
+        if not self._idle_probe and now >= self._idle_check_at:
+            self.idle = True
+            self._idle_probe = True
+            if self._ping_out is None:
+                self._send_ping(now)
+        if self._next_ping is not None and now >= self._next_ping:
+            if self._ping_out is None:
+                self._send_ping(now)
+            self._schedule_ping(now)
+        if self._backlog and self.credit(now) > 0:
+            events.append(CreditAvailable())
+        return events
+
+    # -- closing -------------------------------------------------------------
+
+    def _close(self, code: ErrorCode, reason: str, *, by_peer: bool, secure: bool = True,
+               peer_code: int | None = None) -> list[Event]:
+        if self.state in (State.CLOSING, State.CLOSED):
+            return []
+        if not by_peer and secure and self._binding is not None:
+            self._queue(Close(code, reason), Priority.CONTROL)
+        if self.state is not State.ACTIVE:
+            self.stats.count(self.stats.handshakes, ("peer_" if by_peer else "") + code.label)
+        self.state = State.CLOSING
+        final = code
+        if by_peer and peer_code is not None:
+            try:
+                final = ErrorCode(peer_code)
+            except ValueError:
+                final = ErrorCode.PROTOCOL_ERROR
+        self.close_code = final
+        self.stats.count(self.stats.closes, ("peer_" if by_peer else "") + final.label)
+        return [Closing(final, reason, by_peer)]
+
+    # -- output --------------------------------------------------------------
+
+    def _queue(self, frame: frames.Frame, priority: Priority) -> None:
+        self._queues[priority].append(frames.encode(frame))
+        self.stats.count(self.stats.frames_out, frames.type_name(frame))
+
+    def pending(self) -> bool:
+        return bool(self._raw_out) or any(self._queues)
+
+    def pull(self, now: float) -> list[bytes]:
+        """Wire units to write now: one joined chunk for a stream carrier, messages for WebSocket."""
+        if self._backlog:
+            self._release_backlog(now)
+        units = self._raw_out
+        self._raw_out = []
+        if self._send_cipher is None and not (self.carrier is Carrier.TLS_STREAM and self._binding is not None):
+            if self._reader is not None and units:
+                units = [b"".join(noise_frame(u) for u in units)]
+            return self._count_out(units)
+        records: list[bytes] = []
+        batch: list[bytes] = []
+        size = 0
+        for queue in self._queues:
+            while queue:
+                item = queue[0]
+                if batch and size + len(item) + 2 > RECORD_TARGET:
+                    records.append(self._seal(batch))
+                    batch, size = [], 0
+                queue.popleft()
+                batch.append(item)
+                size += len(item) + 2
+        if batch:
+            records.append(self._seal(batch))
+        units += records
+        if self._reader is not None and units:
+            units = [b"".join(noise_frame(u) for u in units)]
+        return self._count_out(units)
+
+    def _seal(self, batch: list[bytes]) -> bytes:
+        plaintext = frames.pack_record(batch)
+        if self._send_cipher is None:
+            return plaintext
+        return self._send_cipher.encrypt_with_ad(b"", plaintext)
+
+    def _count_out(self, units: list[bytes]) -> list[bytes]:
+        for unit in units:
+            self.stats.bytes_out += len(unit)
+        return units
+
+
+def _negotiate(ours: tuple[int, ...], theirs: tuple[int, ...]) -> int | None:
+    """Highest common version whose MAJOR equals our highest MAJOR."""
+    major = max(ours) >> 8
+    common = [v for v in set(ours) & set(theirs) if v >> 8 == major]
+    return max(common) if common else None
+
+
+def _ms(now: float) -> int:
+    return int(now * 1000)
