@@ -135,6 +135,17 @@ class NodeProcess:
                 return host, int(port)
         raise AssertionError(f"{service} has no {family} endpoint: {self.endpoints()}")
 
+    def status(self) -> dict:
+        return json.loads(self.http("/status")[1])
+
+    def stream_address(self, service: str, kind: str) -> tuple[str, int]:
+        """The first ``kind:host:port`` endpoint of a service, e.g. ("link", "tls")."""
+        for endpoint in self.endpoints()[service]:
+            if endpoint.startswith(kind + ":"):
+                host, _, port = endpoint[len(kind) + 1:].rpartition(":")
+                return host.strip("[]"), int(port)
+        raise AssertionError(f"{service} has no {kind} endpoint: {self.endpoints()}")
+
     def http(self, path: str) -> tuple[int, bytes]:
         host, port = self.address("metrics")
         try:

@@ -225,7 +225,13 @@ class WebSocketLinkProtocol(LinkAdapter):
         self._transport = transport
 
     def negotiationFinished(self) -> None:
-        self._transport.attachProducer(self)
+        try:
+            self._transport.attachProducer(self)
+        except RuntimeError:
+            # On the server side twisted.web's HTTP channel stays the TCP
+            # transport's producer; the peer's flow-control window then bounds
+            # what can be buffered for a slow reader.
+            pass
         self._started()
 
     def bytesMessageReceived(self, data: bytes) -> None:

@@ -339,7 +339,7 @@ class LinkConnection:
             return self._noise_handshake(record, now)
         if self._recv_cipher is not None:
             try:
-                plaintext = self._recv_cipher.decrypt_with_ad(b"", record)
+                plaintext = self._recv_cipher.decrypt(record)
             except NoiseError:
                 return self._close(ErrorCode.DECRYPT_FAILED, "a record failed authentication", by_peer=False)
         elif self.carrier is Carrier.TLS_STREAM and self._binding is not None:
@@ -681,7 +681,7 @@ class LinkConnection:
         plaintext = frames.pack_record(batch)
         if self._send_cipher is None:
             return plaintext
-        return self._send_cipher.encrypt_with_ad(b"", plaintext)
+        return self._send_cipher.encrypt(plaintext)
 
     def _count_out(self, units: list[bytes]) -> list[bytes]:
         for unit in units:
