@@ -253,7 +253,8 @@ class LinkConnection:
         # inbound flow control
         self._window = settings.window_initial
         self._received_flow = 0
-        self._reported_consumed = 0
+        self._reported_consumed = 0  # in the last WINDOW_UPDATE queued
+        self._advertised_consumed = 0  # in the last WINDOW_UPDATE written: all the peer can know
 
         # timers
         self._deadline_handshake: float | None = None
@@ -466,7 +467,7 @@ class LinkConnection:
         kind = type(frame)
         if kind in FLOW_CONTROLLED:
             self._received_flow += 1
-            if self._received_flow - self._reported_consumed > self._window:
+            if self._received_flow - self._advertised_consumed > self._window:
                 return self._close(ErrorCode.FLOW_VIOLATION, "more messages than the window allows", by_peer=False)
             self._idle_check_at = now + self.settings.idle_after
             self.idle = False
@@ -654,6 +655,7 @@ class LinkConnection:
             self._release_backlog(now)
         units = self._raw_out
         self._raw_out = []
+        self._advertised_consumed = self._reported_consumed
         if self._send_cipher is None and not (self.carrier is Carrier.TLS_STREAM and self._binding is not None):
             if self._reader is not None and units:
                 units = [b"".join(noise_frame(u) for u in units)]

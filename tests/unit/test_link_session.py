@@ -1,0 +1,340 @@
+"""The link state machine: handshake, refusals, timers, flow control, limits, priorities.
+
+Time is an argument here, so every timer is driven exactly.
+"""
+
+import hashlib
+
+import pytest
+from nacl.signing import SigningKey
+
+from tests.support.linkpair import Pair, raw_frames
+from zentalk_relay.link import frames
+from zentalk_relay.link.frames import ErrorCode, Role
+from zentalk_relay.link.session import (
+    Authenticated,
+    Carrier,
+    Closing,
+    CreditAvailable,
+    LinkSettings,
+    Priority,
+    Received,
+    RttSample,
+    State,
+    rtt_class,
+)
+from zentalk_relay.ratelimit import Rate
+
+
+def _active_pair(**kwargs) -> Pair:
+    pair = Pair(**kwargs)
+    pair.pump()
+    assert pair.initiator.state is State.ACTIVE and pair.responder.state is State.ACTIVE
+    return pair
+
+
+def _closing(pair: Pair, side: str) -> Closing:
+    (event,) = pair.of(side, Closing)
+    return event
+
+
+@pytest.mark.parametrize("carrier", list(Carrier))
+def test_handshake_authenticates_both_sides(carrier):
+    pair = _active_pair(carrier=carrier)
+    (relay_view,) = pair.of("responder", Authenticated)
+    (client_view,) = pair.of("initiator", Authenticated)
+    assert relay_view.peer_id == pair.client_id and relay_view.role is Role.CLIENT
+    assert client_view.peer_id == pair.relay_id and client_view.role is Role.RELAY
+    assert relay_view.session_token == client_view.session_token
+    assert relay_view.version == frames.PROTOCOL_VERSION
+
+
+def test_version_negotiation_picks_the_highest_common_with_the_same_major():
+    pair = _active_pair(initiator_settings=LinkSettings(versions=(0x0300, 0x0302, 0x0401)),
+                        responder_settings=LinkSettings(versions=(0x0300, 0x0301, 0x0302)))
+    assert pair.initiator.version == pair.responder.version == 0x0302
+
+
+def test_no_common_major_version_is_refused():
+    pair = Pair(initiator_settings=LinkSettings(versions=(0x0200,)))
+    pair.pump()
+    assert _closing(pair, "responder").code is ErrorCode.VERSION_MISMATCH
+    assert _closing(pair, "initiator").code is ErrorCode.VERSION_MISMATCH and _closing(pair, "initiator").by_peer
+
+
+def test_capabilities_are_anded_and_features_intersected():
+    pair = _active_pair(initiator_settings=LinkSettings(capabilities=0b1011, features=("a", "b")),
+                        responder_settings=LinkSettings(capabilities=0b0110, features=("b", "c")))
+    assert pair.initiator.capabilities == pair.responder.capabilities == 0b0010
+    assert pair.initiator.features == pair.responder.features == ("b",)
+
+
+def test_the_client_refuses_a_relay_with_another_identity():
+    pair = Pair(expected_peer_id=b"\x00" * 32)
+    pair.pump()
+    assert _closing(pair, "initiator").code is ErrorCode.AUTH_WRONG_IDENTITY
+    assert pair.of("responder", Closing)[0].by_peer
+
+
+def test_a_stale_timestamp_is_refused():
+    pair = Pair()
+    pair.pump(rounds=1)  # Noise messages
+    # the client's clock runs 61 s ahead when it signs
+    for unit in pair.initiator.pull(pair.now):
+        pair.responder.receive_data(unit, pair.now)
+    for unit in pair.responder.pull(pair.now):
+        pair.initiator.receive_data(unit, pair.now + 61)
+    events = []
+    for unit in pair.initiator.pull(pair.now + 61):
+        events += pair.responder.receive_data(unit, pair.now)
+    (closing,) = [e for e in events if isinstance(e, Closing)]
+    assert closing.code is ErrorCode.AUTH_STALE_TIMESTAMP
+
+
+def _tls_responder(**kwargs) -> Pair:
+    return Pair(carrier=Carrier.TLS_STREAM, **kwargs)
+
+
+def test_a_bad_signature_is_refused():
+    pair = _tls_responder()
+    pair.responder.pull(pair.now)
+    key = SigningKey.generate()
+    events = pair.responder.receive_data(raw_frames(
+        frames.Hello(Role.CLIENT, (frames.PROTOCOL_VERSION,), 0), frames.AuthChallenge(b"\x00" * 32),
+        frames.AuthResponse(bytes(key.verify_key), int(pair.now * 1000), b"\x00" * 64)), pair.now)
+    assert events[-1].code is ErrorCode.AUTH_BAD_SIGNATURE
+
+
+def test_application_frames_before_authentication_are_refused():
+    pair = _tls_responder()
+    events = pair.responder.receive_data(raw_frames(frames.Send(b"\x00" * 16, b"\x00" * 32, b"x")), pair.now)
+    assert [e.code for e in events if isinstance(e, Closing)] == [ErrorCode.UNEXPECTED_FRAME]
+    assert pair.responder.state is State.CLOSING
+
+
+def test_a_replayed_first_noise_message_is_refused():
+    seen = set()
+
+    def fresh(ephemeral: bytes) -> bool:
+        if ephemeral in seen:
+            return False
+        seen.add(ephemeral)
+        return True
+
+    first = Pair(replay_check=fresh)
+    message = first.initiator.pull(first.now)[0]
+    first.responder.receive_data(message, first.now)
+    second = Pair(replay_check=fresh)
+    events = second.responder.receive_data(message, second.now)
+    assert [e.code for e in events] == [ErrorCode.HANDSHAKE_REPLAYED]
+
+
+def test_a_role_the_listener_does_not_accept_is_refused():
+    pair = Pair(initiator_role=Role.RELAY, accept_roles=(Role.CLIENT,))
+    pair.pump()
+    assert _closing(pair, "responder").code is ErrorCode.ROLE_REFUSED
+
+
+def test_garbage_instead_of_a_noise_message_is_refused():
+    pair = Pair()
+    events = pair.responder.receive_data(b"\x00\x30" + b"\x11" * 48, pair.now)
+    assert [e.code for e in events] == [ErrorCode.DECRYPT_FAILED]
+    assert pair.responder.pull(pair.now) == []  # nothing can be said without a channel
+
+
+def test_a_tampered_record_is_refused():
+    pair = _active_pair()
+    pair.initiator.send(frames.Send(b"\x01" * 16, b"\x02" * 32, b"hello"), pair.now)
+    (unit,) = pair.initiator.pull(pair.now)
+    tampered = unit[:-1] + bytes([unit[-1] ^ 1])
+    events = pair.responder.receive_data(tampered, pair.now)
+    assert [e.code for e in events] == [ErrorCode.DECRYPT_FAILED]
+
+
+def test_refusal_is_said_on_the_secure_channel():
+    pair = Pair(refuse=(ErrorCode.TOO_MANY_CONNECTIONS_FROM_IP, "too many"))
+    pair.pump()
+    closing = _closing(pair, "initiator")
+    assert closing.code is ErrorCode.TOO_MANY_CONNECTIONS_FROM_IP and closing.by_peer
+
+
+# -- timers ----------------------------------------------------------------
+
+def test_handshake_timeout():
+    pair = Pair()
+    assert pair.responder.next_deadline() == pair.now + 10
+    assert pair.responder.on_timer(pair.now + 9.999) == []
+    (closing,) = pair.responder.on_timer(pair.now + 10)
+    assert closing.code is ErrorCode.HANDSHAKE_TIMEOUT
+
+
+def test_ping_every_30_seconds_plus_jitter_and_rtt_is_measured():
+    pair = _active_pair()
+    deadline = pair.initiator.next_deadline()
+    assert pair.now + 30 <= deadline <= pair.now + 35
+    assert pair.initiator.on_timer(deadline - 0.001) == []
+    pair.initiator.on_timer(deadline)
+    (ping_unit,) = pair.initiator.pull(deadline)
+    pair.responder.receive_data(ping_unit, deadline + 0.02)
+    (pong_unit,) = pair.responder.pull(deadline + 0.02)
+    events = pair.initiator.receive_data(pong_unit, deadline + 0.04)
+    (sample,) = [e for e in events if isinstance(e, RttSample)]
+    assert sample.seconds == pytest.approx(0.04)
+    assert pair.initiator.last_rtt == pytest.approx(0.04)
+
+
+@pytest.mark.parametrize("seconds,name", [(0.01, "excellent"), (0.1, "good"), (0.3, "fair"), (0.7, "poor"),
+                                          (1.5, "bad")])
+def test_rtt_quality_classes(seconds, name):
+    assert rtt_class(seconds) == name
+
+
+def test_three_missed_pongs_mark_the_peer_dead():
+    pair = _active_pair(initiator_settings=LinkSettings(idle_after=10**9))
+    link = pair.initiator
+    now = pair.now
+    closings = []
+    for _ in range(200):
+        deadline = link.next_deadline()
+        now = deadline
+        events = link.on_timer(now)
+        link.pull(now)
+        closings = [e for e in events if isinstance(e, Closing)]
+        if closings:
+            break
+    assert closings[0].code is ErrorCode.DEAD_PEER
+    assert "3 PONGs missed" in closings[0].reason
+
+
+def test_idle_link_is_probed_and_closed_without_an_answer():
+    settings = LinkSettings(ping_interval=10_000)  # keep regular pings out of the way
+    pair = _active_pair(carrier=Carrier.TLS_STREAM, initiator_settings=settings)
+    link = pair.initiator
+    assert link.next_deadline() == pair.now + 300
+    assert not link.idle
+    link.on_timer(pair.now + 300)
+    assert link.idle
+    assert [type(f) for f in _tls_frames(link.pull(pair.now + 300))] == [frames.Ping]
+    (closing,) = link.on_timer(pair.now + 310)
+    assert closing.code is ErrorCode.IDLE_TIMEOUT
+
+
+def test_idle_link_that_answers_stays_open():
+    settings = LinkSettings(ping_interval=10_000)
+    pair = _active_pair(initiator_settings=settings)
+    t = pair.now + 300
+    pair.initiator.on_timer(t)
+    for unit in pair.initiator.pull(t):
+        pair.responder.receive_data(unit, t)
+    for unit in pair.responder.pull(t):
+        pair.initiator.receive_data(unit, t + 0.01)
+    assert pair.initiator.on_timer(t + 10) == []
+    assert pair.initiator.state is State.ACTIVE
+    assert pair.initiator.next_deadline() == pytest.approx(t + 0.01 + 300)
+
+
+# -- flow control and limits ------------------------------------------------
+
+def _sends(count: int, body: bytes = b"x"):
+    return [frames.Send(i.to_bytes(16, "big"), b"\x09" * 32, body) for i in range(count)]
+
+
+def test_window_limits_what_is_sent_and_updates_reopen_it():
+    fast = Rate(10**9, 60.0, 10**9)
+    settings = LinkSettings(window_initial=10, messages=fast)
+    pair = _active_pair(initiator_settings=settings, responder_settings=settings)
+    for send in _sends(25):
+        assert pair.initiator.send(send, pair.now)
+    assert pair.initiator.backlog == 15
+    pair.pump()
+    received = [e for e in pair.events["responder"] if isinstance(e, Received)]
+    assert len(received) == 25  # updates at half a window kept the backlog moving
+    assert pair.initiator.backlog == 0
+
+
+def test_sending_beyond_the_window_is_a_flow_violation():
+    settings = LinkSettings(window_initial=4, messages=Rate(10**9, 60.0, 10**9))
+    pair = _tls_responder(responder_settings=settings)
+    pair.pump()
+    events = pair.responder.receive_data(raw_frames(*_sends(5)), pair.now)
+    assert [e.code for e in events if isinstance(e, Closing)] == [ErrorCode.FLOW_VIOLATION]
+
+
+def test_flow_control_pauses_the_sender_for_retry_after():
+    pair = _active_pair(carrier=Carrier.TLS_STREAM)
+    link = pair.initiator
+    link.receive_data(raw_frames(frames.FlowControl(100, 0, frames.FlowReason.SYSTEM_LOAD, 2000)), pair.now)
+    assert link.credit(pair.now) == 0
+    assert link.send(_sends(1)[0], pair.now)
+    assert link.backlog == 1
+    assert link.next_deadline() == pytest.approx(pair.now + 2)
+    assert isinstance(link.on_timer(pair.now + 2)[-1], CreditAvailable)
+    link.pull(pair.now + 2)
+    assert link.backlog == 0
+
+
+def test_message_rate_limit_refuses_with_receipt_and_flow_control():
+    settings = LinkSettings(messages=Rate(100, 60.0, 20))
+    pair = _tls_responder(responder_settings=settings)
+    pair.pump()
+    events = pair.responder.receive_data(raw_frames(*_sends(21)), pair.now)
+    assert len([e for e in events if isinstance(e, Received)]) == 20
+    out = _tls_frames(pair.responder.pull(pair.now))
+    refused = [f for f in out if isinstance(f, frames.Receipt)]
+    assert refused == [frames.Receipt((20).to_bytes(16, "big"), frames.ReceiptStatus.REFUSED,
+                                      ErrorCode.RATE_LIMITED)]
+    (flow,) = [f for f in out if isinstance(f, frames.FlowControl)]
+    assert flow.reason == frames.FlowReason.RATE_LIMIT and flow.retry_after_ms > 0
+
+
+def test_pex_is_limited_to_one_request_per_minute():
+    pair = _tls_responder()
+    pair.pump()
+    events = pair.responder.receive_data(raw_frames(frames.Pex(1), frames.Pex(1)), pair.now)
+    assert len([e for e in events if isinstance(e, Received)]) == 1
+    (error,) = [f for f in _tls_frames(pair.responder.pull(pair.now)) if isinstance(f, frames.Error)]
+    assert error.code == ErrorCode.RATE_LIMITED
+
+
+def test_backlog_is_bounded():
+    settings = LinkSettings(window_initial=2, max_backlog=3)
+    pair = _active_pair(initiator_settings=settings)
+    results = [pair.initiator.send(send, pair.now) for send in _sends(6)]
+    assert results == [True, True, True, True, True, False]
+
+
+def test_control_frames_overtake_queued_messages():
+    pair = _tls_responder(responder_settings=LinkSettings(messages=Rate(10**9, 60.0, 10**9)))
+    pair.pump()
+    link = pair.responder
+    for send in _sends(3):
+        link.send(frames.Deliver(send.message_id, b"m"), pair.now)
+    link.send(frames.Pex(2, b""), pair.now, Priority.BACKGROUND)
+    link.receive_data(raw_frames(frames.Ping(1, b"\x00" * 8, 1)), pair.now)  # its PONG is queued last
+    order = [type(f).__name__ for f in _tls_frames(link.pull(pair.now))]
+    assert order == ["Pong", "Deliver", "Deliver", "Deliver", "Pex"]
+
+
+def test_close_from_the_peer_carries_its_code():
+    pair = _active_pair()
+    pair.initiator.close(ErrorCode.SHUTTING_DOWN, "bye", pair.now)
+    pair.pump()
+    closing = _closing(pair, "responder")
+    assert (closing.code, closing.reason, closing.by_peer) == (ErrorCode.SHUTTING_DOWN, "bye", True)
+
+
+def _tls_frames(units):
+    from zentalk_relay.link.noise import LengthPrefixedReader
+
+    reader = LengthPrefixedReader()
+    for unit in units:
+        reader.receive_data(unit)
+    out = []
+    while (record := reader.next_message()) is not None:
+        out += [frames.decode(raw) for raw in frames.split_record(record)]
+    return out
+
+
+def test_node_id_is_the_hash_of_the_key():
+    pair = _active_pair()
+    assert pair.responder.peer_id == hashlib.sha256(bytes(pair.client_key.verify_key)).digest()
