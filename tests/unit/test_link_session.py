@@ -296,9 +296,14 @@ def test_pex_is_limited_to_one_request_per_minute():
     assert error.code == ErrorCode.RATE_LIMITED
 
 
+def test_a_window_other_than_the_initial_one_is_announced():
+    pair = _active_pair(responder_settings=LinkSettings(window_initial=7))
+    assert pair.initiator.credit(pair.now) == 7
+
+
 def test_backlog_is_bounded():
-    settings = LinkSettings(window_initial=2, max_backlog=3)
-    pair = _active_pair(initiator_settings=settings)
+    pair = _active_pair(initiator_settings=LinkSettings(max_backlog=3),
+                        responder_settings=LinkSettings(window_initial=2))
     results = [pair.initiator.send(send, pair.now) for send in _sends(6)]
     assert results == [True, True, True, True, True, False]
 

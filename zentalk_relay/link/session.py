@@ -59,6 +59,8 @@ from .noise import frame as noise_frame
 from ..ratelimit import Rate, TokenBucket
 
 PROLOGUE = b"zentalk-link/3"
+#: The window each side may assume of the other until told otherwise.
+INITIAL_WINDOW = 1000
 #: Records are filled up to this many bytes of frames when more are queued;
 #: larger records cost fewer AEAD calls, smaller ones less head-of-line delay.
 RECORD_TARGET = 16384
@@ -246,7 +248,7 @@ class LinkConnection:
         self._raw_out: list[bytes] = []  # handshake messages, sent as they are
         self._backlog: deque[frames.Frame] = deque()  # flow-controlled frames waiting for credit
         self._sent_flow = 0
-        self._peer_window = settings.window_initial
+        self._peer_window = INITIAL_WINDOW
         self._peer_consumed = 0
         self._paused_until = 0.0
 
@@ -456,6 +458,8 @@ class LinkConnection:
 
     def _activate(self, now: float, token: bytes) -> list[Event]:
         self.state = State.ACTIVE
+        if self._window != INITIAL_WINDOW:
+            self._queue(WindowUpdate(self._window, 0), Priority.CONTROL)
         self._deadline_handshake = None
         self._idle_check_at = now + self.settings.idle_after
         self._schedule_ping(now)

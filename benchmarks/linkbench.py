@@ -1,0 +1,291 @@
+"""Shared helpers of the link benchmarks (link_forwarding, link_handshakes, link_idle).
+
+Starting and stopping the node under twistd pinned to one CPU, finding its
+endpoints and bootstrap string, reading a process's CPU time and RSS from
+/proc, raising the open-file limit, and printing a plain table. Not a
+benchmark by itself.
+
+Every wait here is bounded; every process started here is our own child and
+is stopped by its pid (SIGTERM, then SIGKILL after a grace period).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+HOST = "127.0.0.1"
+READY = re.compile(r"node ([0-9a-f]{16}) running")
+
+#: Settings that take the node's per-link and per-IP limits out of the way of
+#: a benchmark that drives it from one address at rates no client would use.
+BENCH_SETTINGS = (
+    'link.tcp=["tcp:0:interface=127.0.0.1"]',
+    "link.messages_per_minute=100000000",
+    "link.messages_burst=1000000",
+    "link.links_per_ip=20000",
+    "link.max_links=20000",
+    "link.pending_handshakes=20000",
+)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def checkout_env(extra: dict | None = None) -> dict:
+    """The environment for children: the checkout first on PYTHONPATH, so that
+    twistd finds this tree's plugin and the drivers import this tree's code."""
+    env = dict(os.environ)
+    parts = [str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    env["PYTHONPATH"] = os.pathsep.join(parts)
+    env.setdefault("PYTHONHASHSEED", "0")
+    if extra:
+        env.update(extra)
+    return env
+
+
+def use_checkout() -> None:
+    """In a driver process: import zentalk_relay from this checkout."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+
+
+def raise_nofile(want: int) -> tuple[int, int]:
+    """Raise RLIMIT_NOFILE (soft and, as root, hard) to at least ``want``.
+
+    Children inherit it. Returns the limits now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= want:
+        return soft, hard
+    new_hard = hard
+    if hard != resource.RLIM_INFINITY and hard < want:
+        try:
+            cap = int(Path("/proc/sys/fs/nr_open").read_text())
+        except (OSError, ValueError):
+            cap = want
+        new_hard = min(want, cap)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, new_hard), new_hard))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def twistd_path() -> str:
+    cand = Path(sys.executable).parent / "twistd"
+    if cand.exists():
+        return str(cand)
+    found = shutil.which("twistd")
+    if found is None:
+        sys.exit("twistd not found")
+    return found
+
+
+def check_cpus(server_cpu: int, load_cpu: int) -> None:
+    cpus = os.sched_getaffinity(0)
+    if server_cpu == load_cpu or server_cpu not in cpus or load_cpu not in cpus:
+        sys.exit(f"the server and load CPUs must be two different CPUs among {sorted(cpus)}")
+    if shutil.which("taskset") is None:
+        sys.exit("taskset not found (util-linux)")
+
+
+# -- /proc -------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a process, all threads, in seconds (None if gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def rss_kib(pid: int) -> int | None:
+    """VmRSS of a process in KiB (None if gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def open_fds(pid: int) -> int | None:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
+def tail(path: Path, n: int = 25) -> str:
+    try:
+        lines = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(lines[-n:]) or "(empty log)"
+
+
+def stop(proc: subprocess.Popen, grace_s: float = 10.0) -> int | None:
+    """SIGTERM, then SIGKILL after grace_s. Only touches our own child."""
+    if proc.poll() is not None:
+        return proc.returncode
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        log(f"  pid {proc.pid} ignored SIGTERM for {grace_s:g} s, sending SIGKILL")
+        proc.kill()
+        return proc.wait(timeout=grace_s)
+
+
+# -- the node ------------------------------------------------------------------
+
+
+class Node:
+    """``twistd -n zentalk-relay`` pinned to one CPU, in a temporary directory."""
+
+    def __init__(self, workdir: Path, cpu: int, settings: list[str], twistd_args: list[str] | None = None,
+                 ready_timeout: float = 30.0) -> None:
+        self.workdir = Path(workdir)
+        self.data_dir = self.workdir / "data"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.logfile = self.workdir / "node.log"
+        self.cpu = cpu
+        self.settings = list(settings)
+        self.twistd_args = list(twistd_args or [])
+        self.ready_timeout = ready_timeout
+        self.proc: subprocess.Popen | None = None
+        self.link_port: int | None = None
+        self.metrics_port: int | None = None
+        self.bootstrap = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def command(self) -> list[str]:
+        cmd = ["taskset", "-c", str(self.cpu), twistd_path(), "-n", "--pidfile=", *self.twistd_args,
+               "zentalk-relay", "--data-dir", str(self.data_dir), "--stun-udp", f"{HOST}:0",
+               "--metrics-listen", f"tcp:0:interface={HOST}"]
+        for item in self.settings:
+            cmd += ["--set", item]
+        return cmd
+
+    def start(self) -> "Node":
+        cmd = self.command()
+        with open(self.logfile, "wb") as out:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                         cwd=self.workdir, env=checkout_env())
+        deadline = time.monotonic() + self.ready_timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the node exited with {self.proc.returncode}:\n{tail(self.logfile)}")
+            if READY.search(self.logfile.read_text(errors="replace")):
+                break
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"the node did not log 'running' within {self.ready_timeout:g} s:\n"
+                                   f"{tail(self.logfile)}")
+            time.sleep(0.05)
+        endpoints = json.loads((self.data_dir / "endpoints.json").read_text())["services"]
+        self.link_port = _port(endpoints["link"][0])
+        self.metrics_port = _port(endpoints["metrics"][0])
+        from zentalk_relay.bootstrap import parse
+
+        status = self.get_json("/status")
+        self.bootstrap = parse(status["bootstrap"])
+        return self
+
+    def get(self, path: str, timeout: float = 10.0) -> bytes:
+        with urllib.request.urlopen(f"http://{HOST}:{self.metrics_port}{path}", timeout=timeout) as resp:
+            return resp.read()
+
+    def get_json(self, path: str) -> dict:
+        return json.loads(self.get(path))
+
+    def metric(self, name: str, labels: dict | None = None) -> float | None:
+        """One sample of the node's /metrics (sum over series matching ``labels``)."""
+        text = self.get("/metrics").decode()
+        total, found = 0.0, False
+        for line in text.splitlines():
+            if not line.startswith(name):
+                continue
+            head, _, value = line.rpartition(" ")
+            metric_name, _, label_text = head.partition("{")
+            if metric_name != name:
+                continue
+            got = dict(re.findall(r'(\w+)="([^"]*)"', label_text))
+            if labels and any(got.get(k) != v for k, v in labels.items()):
+                continue
+            total += float(value)
+            found = True
+        return total if found else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        return stop(self.proc)
+
+    def log_tail(self, n: int = 25) -> str:
+        return tail(self.logfile, n)
+
+
+def _port(description: str) -> int:
+    return int(description.rsplit(":", 1)[1])
+
+
+# -- output ----------------------------------------------------------------------
+
+
+def table(head: list[str], rows: list[list[str]], left: tuple[int, ...] = (0,)) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+
+    def fmt(cells):
+        return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return "\n".join([fmt(head), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows])
+
+
+def env_info() -> dict:
+    info = {"python": platform.python_version(), "cpus": os.cpu_count(), "kernel": platform.release()}
+    for module in ("twisted", "nacl", "cryptography"):
+        try:
+            info[module] = __import__(module).__version__
+        except Exception:  # noqa: BLE001 - informational only
+            info[module] = None
+    try:
+        info["commit"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                                        capture_output=True, text=True, timeout=10).stdout.strip() or None
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "zentalk_relay"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        info["package_modified"] = bool(dirty)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return info
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, max(0, int(round(q / 100.0 * (len(sorted_values) - 1)))))
+    return sorted_values[index]

@@ -1,0 +1,231 @@
+"""Link adapters and the hub on a MemoryReactorClock: timers, back-pressure, limits, routing."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from nacl.signing import SigningKey
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from zentalk_relay.bootstrap import Bootstrap
+from zentalk_relay.client.link import ClientLink, _connection_maker
+from zentalk_relay.config import load
+from zentalk_relay.identity import load_identity
+from zentalk_relay.link.frames import ErrorCode, ReceiptStatus, Role, Send
+from zentalk_relay.link.protocol import StreamLinkProtocol
+from zentalk_relay.link.service import LinkHub, settings_from
+from zentalk_relay.link.session import Carrier, LinkSettings, LinkStats, State
+from zentalk_relay.ratelimit import Rate
+
+
+class Wire:
+    """A client adapter and a hub adapter joined by two StringTransports."""
+
+    def __init__(self, reactor, hub: LinkHub, identity, key: SigningKey | None = None, ip: str = "192.0.2.1",
+                 settings: LinkSettings | None = None):
+        self.reactor = reactor
+        self.key = key or SigningKey.generate()
+        self.client = ClientLink(reactor)
+        boot = Bootstrap(identity.ed25519_public, identity.link_public)
+        make = _connection_maker(boot, self.key, Carrier.NOISE_STREAM, Role.CLIENT, settings or LinkSettings())
+        self.client_side = StreamLinkProtocol(reactor, self.client, make, tls=False)
+        self.client.adapter = self.client_side
+        self.server_side = hub.build(Carrier.NOISE_STREAM, IPv4Address("TCP", ip, 40000))
+        self.client_transport = StringTransport(peerAddress=IPv4Address("TCP", "198.51.100.1", 7400))
+        self.server_transport = StringTransport(peerAddress=IPv4Address("TCP", ip, 40000))
+        self.server_side.makeConnection(self.server_transport)
+        self.client_side.makeConnection(self.client_transport)
+
+    @property
+    def node_id(self) -> bytes:
+        return hashlib.sha256(bytes(self.key.verify_key)).digest()
+
+    def pump(self, rounds: int = 20) -> None:
+        for _ in range(rounds):
+            moved = False
+            for transport, receiver in ((self.client_transport, self.server_side),
+                                        (self.server_transport, self.client_side)):
+                data = transport.value()
+                if data:
+                    transport.clear()
+                    moved = True
+                    receiver.dataReceived(data)
+            for transport, side in ((self.client_transport, self.client_side),
+                                    (self.server_transport, self.server_side)):
+                if transport.disconnecting and not transport.value() and side.conn and side.conn.state is not State.CLOSED:
+                    side.connectionLost(_clean())
+                    moved = True
+            if not moved:
+                return
+
+
+def _clean():
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    return Failure(ConnectionDone())
+
+
+@pytest.fixture
+def setup(tmp_path):
+    def make(**settings):
+        reactor = MemoryReactorClock()
+        overrides = [("test", f"link.{key}", value) for key, value in settings.items()]
+        config = load(None, [("test", "node.data_dir", str(tmp_path)), *overrides])
+        identity, _ = load_identity(tmp_path)
+        link_settings = settings_from(config.link)
+        hub = LinkHub(reactor, config.link, identity, LinkStats(), link_settings)
+        return reactor, hub, identity
+
+    return make
+
+
+def test_link_authenticates_and_arms_one_timer(setup):
+    reactor, hub, identity = setup()
+    wire = Wire(reactor, hub, identity)
+    wire.pump()
+    assert wire.client.authenticated.called
+    assert list(hub.by_peer) == [wire.node_id]
+    # each side holds exactly one timer: its next PING
+    assert len(reactor.getDelayedCalls()) == 2
+    assert all(30 <= call.getTime() - reactor.seconds() <= 35 for call in reactor.getDelayedCalls())
+
+
+def test_ping_pong_runs_on_the_clock(setup):
+    reactor, hub, identity = setup()
+    wire = Wire(reactor, hub, identity)
+    wire.pump()
+    rtts = []
+    hub._rtt_observer = rtts.append  # noqa: SLF001 - observe what the metrics module would
+    for _ in range(3):
+        reactor.advance(36)
+        wire.pump()
+    assert rtts and all(rtt == 0 for rtt in rtts)
+    assert wire.server_side.conn.state is State.ACTIVE
+
+
+def test_a_silent_peer_is_dropped_after_three_missed_pongs(setup):
+    reactor, hub, identity = setup()
+    wire = Wire(reactor, hub, identity)
+    wire.pump()
+    # the client stops answering: nothing it receives is processed any more
+    for _ in range(4):
+        reactor.advance(46)
+        wire.server_transport.clear()
+    assert wire.server_side.conn.close_code is ErrorCode.DEAD_PEER
+    assert wire.server_transport.disconnecting
+
+
+def test_handshake_timeout_closes_a_link_that_never_speaks(setup):
+    reactor, hub, identity = setup()
+    adapter = hub.build(Carrier.NOISE_STREAM, IPv4Address("TCP", "192.0.2.1", 1))
+    transport = StringTransport()
+    adapter.makeConnection(transport)
+    reactor.advance(9.9)
+    assert not transport.disconnecting
+    reactor.advance(0.1)
+    assert transport.disconnecting
+    assert hub.stats.handshakes == {"handshake_timeout": 1}
+
+
+def test_back_pressure_stops_writes_until_resumed(setup):
+    reactor, hub, identity = setup(messages_per_minute=10**6, messages_burst=10**6)
+    sender, receiver = Wire(reactor, hub, identity), Wire(reactor, hub, identity, ip="192.0.2.2")
+    sender.pump()
+    receiver.pump()
+    receiver.server_side.pauseProducing()  # the receiver's socket buffer is full
+    for index in range(50):
+        sender.client.send(receiver.node_id, b"x" * 100, index.to_bytes(16, "big"))
+    sender.pump()
+    assert receiver.server_transport.value() == b""  # nothing written while paused
+    assert receiver.server_side.conn.pending()
+    receiver.server_side.resumeProducing()
+    assert receiver.server_transport.value() != b""
+    receiver.pump()
+    assert len(receiver.client._inbox.pending) == 50  # noqa: SLF001
+
+
+def test_a_busy_recipient_is_refused_and_the_sender_told_to_slow_down(setup):
+    reactor, hub, identity = setup(messages_per_minute=10**6, messages_burst=10**6, max_backlog=2)
+    sender = Wire(reactor, hub, identity)
+    receiver = Wire(reactor, hub, identity, ip="192.0.2.2", settings=LinkSettings(window_initial=4))
+    sender.pump()
+    receiver.pump()
+    receiver.server_side.pauseProducing()
+    receipts = [sender.client.send(receiver.node_id, b"x", i.to_bytes(16, "big")) for i in range(8)]
+    sender.pump()
+    statuses = [r.result.status if r.called else None for r in receipts]
+    assert statuses.count(ReceiptStatus.DELIVERED) == 6  # 4 in the receiver's window + 2 in the backlog
+    refused = [r.result for r in receipts if r.called and r.result.status == ReceiptStatus.REFUSED]
+    assert refused and all(r.code == ErrorCode.RECIPIENT_BUSY for r in refused)
+
+
+def test_unknown_recipient(setup):
+    reactor, hub, identity = setup()
+    wire = Wire(reactor, hub, identity)
+    wire.pump()
+    receipt = wire.client.send(b"\x00" * 32, b"x")
+    wire.pump()
+    assert (receipt.result.status, receipt.result.code) == (ReceiptStatus.REFUSED, ErrorCode.UNKNOWN_RECIPIENT)
+
+
+@pytest.mark.parametrize(
+    "settings,count,code",
+    [
+        ({"links_per_ip": 2}, 3, ErrorCode.TOO_MANY_CONNECTIONS_FROM_IP),
+        ({"max_links": 2}, 3, ErrorCode.SERVER_FULL),
+    ],
+)
+def test_admission_limits(setup, settings, count, code):
+    reactor, hub, identity = setup(**settings)
+    wires = [Wire(reactor, hub, identity) for _ in range(count)]
+    for wire in wires:
+        wire.pump()
+    assert [w.client.authenticated.called for w in wires] == [True] * (count - 1) + [True]
+    last = wires[-1].client
+    assert isinstance(last.authenticated.result.value, Exception)
+    last.authenticated.addErrback(lambda f: None)
+    assert last.authenticated.result is None or True
+    assert hub.refusals == {code.label: 1}
+
+
+def test_pending_handshake_limit(setup):
+    reactor, hub, identity = setup(pending_handshakes=2)
+    silent = [hub.build(Carrier.NOISE_STREAM, IPv4Address("TCP", f"192.0.2.{i}", 1)) for i in range(2)]
+    for adapter in silent:
+        adapter.makeConnection(StringTransport())
+    wire = Wire(reactor, hub, identity, ip="192.0.2.9")
+    wire.pump()
+    failure = []
+    wire.client.authenticated.addErrback(failure.append)
+    assert failure[0].value.code is ErrorCode.TOO_MANY_PENDING_HANDSHAKES
+
+
+def test_links_per_peer_limit(setup):
+    reactor, hub, identity = setup(links_per_peer=1)
+    key = SigningKey.generate()
+    first, second = Wire(reactor, hub, identity, key), Wire(reactor, hub, identity, key, ip="192.0.2.3")
+    first.pump()
+    second.pump()
+    assert second.server_side.conn.close_code is ErrorCode.TOO_MANY_LINKS_FOR_PEER
+    assert hub.refusals == {"too_many_links_for_peer": 1}
+    assert len(hub.by_peer[first.node_id]) == 1
+
+
+def test_closing_all_links_says_why(setup):
+    reactor, hub, identity = setup()
+    wire = Wire(reactor, hub, identity)
+    wire.pump()
+    hub.close_all(ErrorCode.SHUTTING_DOWN, "bye")
+    wire.pump()
+    closed = []
+    wire.client.closed.addCallback(closed.append)
+    assert closed[0].code is ErrorCode.SHUTTING_DOWN and closed[0].by_peer
+    assert not hub.adapters
+
+
+def test_rate_limit_setting_reaches_links(setup):
+    _, hub, _ = setup(messages_per_minute=7, messages_burst=3)
+    assert hub.settings.messages == Rate(7, 60.0, 3)
