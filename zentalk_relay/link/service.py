@@ -39,9 +39,7 @@ def settings_from(config: LinkConfig, capabilities: int = 0, features: tuple[str
         window_max=config.window_max,
         max_backlog=config.max_backlog,
         messages=Rate(config.messages_per_minute, 60.0, config.messages_burst),
-        key_requests=Rate(config.key_requests_per_minute, 60.0, config.key_requests_burst),
         pex=Rate(config.pex_per_minute, 60.0, config.pex_burst),
-        presence=Rate(config.presence_per_minute, 60.0, config.presence_burst),
         capabilities=capabilities,
         features=features,
     )

@@ -104,9 +104,7 @@ class LinkSettings:
     #: Application frames waiting for the peer's window before new ones are refused.
     max_backlog: int = 2000
     messages: Rate = Rate(100, 60.0, 20)
-    key_requests: Rate = Rate(20, 60.0, 5)
     pex: Rate = Rate(1, 60.0, 1)
-    presence: Rate = Rate(10, 60.0, 3)
     versions: tuple[int, ...] = (frames.PROTOCOL_VERSION,)
     capabilities: int = 0
     features: tuple[str, ...] = ()
@@ -270,9 +268,7 @@ class LinkConnection:
 
         self._buckets = {
             "messages": TokenBucket(settings.messages, now),
-            "key_requests": TokenBucket(settings.key_requests, now),
             "pex": TokenBucket(settings.pex, now),
-            "presence": TokenBucket(settings.presence, now),
         }
 
     # -- lifecycle inputs ----------------------------------------------------
