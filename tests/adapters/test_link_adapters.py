@@ -218,8 +218,10 @@ def test_closing_all_links_says_why(setup):
     reactor, hub, identity = setup()
     wire = Wire(reactor, hub, identity)
     wire.pump()
-    hub.close_all(ErrorCode.SHUTTING_DOWN, "bye")
+    drained = hub.close_all(ErrorCode.SHUTTING_DOWN, "bye")
+    assert not drained.called
     wire.pump()
+    assert drained.called
     closed = []
     wire.client.closed.addCallback(closed.append)
     assert closed[0].code is ErrorCode.SHUTTING_DOWN and closed[0].by_peer
@@ -229,3 +231,26 @@ def test_closing_all_links_says_why(setup):
 def test_rate_limit_setting_reaches_links(setup):
     _, hub, _ = setup(messages_per_minute=7, messages_burst=3)
     assert hub.settings.messages == Rate(7, 60.0, 3)
+
+
+def test_draining_gives_up_after_the_grace_period(setup):
+    reactor, hub, identity = setup()
+    wire = Wire(reactor, hub, identity)
+    wire.pump()
+    drained = hub.close_all(ErrorCode.SHUTTING_DOWN, "bye", grace=2.0)
+    reactor.advance(1.9)
+    assert not drained.called
+    reactor.advance(0.1)
+    assert drained.called
+    assert wire.server_transport.disconnecting
+
+
+def test_an_idle_link_is_counted_as_idle_and_kept_while_it_answers(setup):
+    reactor, hub, identity = setup()
+    wire = Wire(reactor, hub, identity)
+    wire.pump()
+    for _ in range(12):  # 6 minutes in 30-second steps, answering every PING
+        reactor.advance(30)
+        wire.pump()
+    assert hub.link_counts() == {("idle", "client"): 1}
+    assert wire.server_side.conn.state is State.ACTIVE

@@ -132,3 +132,12 @@ async def test_per_ip_limit_is_refused_with_its_own_code(start_node):
     assert metric(text, "zentalk_link_refusals_total", reason="too_many_connections_from_ip") == 1
     await within(first.close())
     await within(second.close())
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigterm_tells_connected_clients_why(relay):
+    alice = await _connect(relay, "tcp")
+    relay.process.terminate()
+    closed = await within(alice.closed)
+    assert closed.code is ErrorCode.SHUTTING_DOWN and closed.by_peer
+    assert relay.finish() == -15

@@ -95,6 +95,9 @@ class ClientLink:
     def rtt_measured(self, adapter: LinkAdapter, seconds: float) -> None:
         pass
 
+    def link_lost(self, adapter: LinkAdapter) -> None:
+        pass
+
     def link_closed(self, adapter: LinkAdapter, code: ErrorCode, reason: str, by_peer: bool) -> None:
         failure = LinkClosed(code, reason, by_peer)
         receipts, self._receipts = self._receipts, {}

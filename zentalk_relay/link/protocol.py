@@ -50,6 +50,9 @@ class LinkOwner(TypingProtocol):
 
     def link_closed(self, adapter: "LinkAdapter", code: ErrorCode, reason: str, by_peer: bool) -> None: ...
 
+    def link_lost(self, adapter: "LinkAdapter") -> None:
+        """The transport is gone (after link_closed)."""
+
 
 @implementer(IPushProducer)
 class LinkAdapter:
@@ -69,10 +72,13 @@ class LinkAdapter:
     # -- hooks for the carriers ---------------------------------------------
 
     def _write_units(self, units: list[bytes]) -> None:
-        raise NotImplementedError
+        """Write wire units to the carrier."""
 
     def _drop(self) -> None:
-        raise NotImplementedError
+        """Close the transport once written."""
+
+    def abort(self) -> None:
+        """Drop the transport now, written or not."""
 
     # -- shared --------------------------------------------------------------
 
@@ -158,6 +164,7 @@ class LinkAdapter:
         if not already:
             self._closing = True
             self.owner.link_closed(self, ErrorCode.NORMAL, reason.getErrorMessage(), True)
+        self.owner.link_lost(self)
 
     # -- IPushProducer -------------------------------------------------------
 
@@ -213,6 +220,9 @@ class StreamLinkProtocol(LinkAdapter, Protocol):
     def _drop(self) -> None:
         self.transport.loseConnection()
 
+    def abort(self) -> None:
+        self.transport.abortConnection()
+
 
 class WebSocketLinkProtocol(LinkAdapter):
     """One Noise message per binary WebSocket message (``twisted.web.websocket``)."""
@@ -255,3 +265,6 @@ class WebSocketLinkProtocol(LinkAdapter):
     def _drop(self) -> None:
         if self._transport is not None:
             self._transport.loseConnection()
+
+    def abort(self) -> None:
+        self._drop()

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from typing import Callable
 
 from twisted.application.service import Service
-from twisted.internet.defer import gatherResults, maybeDeferred
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.protocol import Factory
 
 from ..config import LinkConfig
@@ -63,6 +63,7 @@ class LinkHub:
         self._pending: set[LinkAdapter] = set()
         self._replays: OrderedDict[bytes, float] = OrderedDict()
         self._rtt_observer = rtt_observer
+        self._drained: list[Deferred] = []
         self.accepting = True
 
     # -- admission -----------------------------------------------------------
@@ -153,7 +154,19 @@ class LinkHub:
         self._rtt_observer(seconds)
 
     def link_closed(self, adapter: LinkAdapter, code: ErrorCode, reason: str, by_peer: bool) -> None:
+        """The link is ending; it stops being a route at once."""
         self._pending.discard(adapter)
+        conn = adapter.conn
+        if conn is not None and conn.peer_id is not None:
+            links = self.by_peer.get(conn.peer_id)
+            if links and adapter in links:
+                links.remove(adapter)
+                if not links:
+                    del self.by_peer[conn.peer_id]
+
+    def link_lost(self, adapter: LinkAdapter) -> None:
+        """The transport is gone: release what the link held."""
+        self.link_closed(adapter, ErrorCode.NORMAL, "", True)
         if adapter not in self.adapters:
             return
         self.adapters.discard(adapter)
@@ -164,13 +177,8 @@ class LinkHub:
                 self._per_ip[ip] = left
             else:
                 self._per_ip.pop(ip, None)
-        conn = adapter.conn
-        if conn is not None and conn.peer_id is not None:
-            links = self.by_peer.get(conn.peer_id)
-            if links and adapter in links:
-                links.remove(adapter)
-                if not links:
-                    del self.by_peer[conn.peer_id]
+        if not self.adapters and self._drained:
+            self._fire_drained()
 
     # -- views for metrics and status ---------------------------------------
 
@@ -185,10 +193,30 @@ class LinkHub:
             counts[state, kind] = counts.get((state, kind), 0) + 1
         return counts
 
-    def close_all(self, code: ErrorCode, reason: str) -> None:
+    def close_all(self, code: ErrorCode, reason: str, grace: float = 2.0) -> Deferred:
+        """Tell every peer why, and fire once all links are gone or ``grace`` seconds passed."""
         self.accepting = False
+        done: Deferred = Deferred()
+        if not self.adapters:
+            done.callback(None)
+            return done
+        self._drained.append(done)
         for adapter in list(self.adapters):
             adapter.close(code, reason)
+        timer = self.reactor.callLater(grace, self._give_up_draining)
+        done.addBoth(lambda result: (timer.cancel() if timer.active() else None, result)[1])
+        return done
+
+    def _give_up_draining(self) -> None:
+        for adapter in list(self.adapters):
+            adapter.abort()
+        self._fire_drained()
+
+    def _fire_drained(self) -> None:
+        waiting, self._drained = self._drained, []
+        for done in waiting:
+            if not done.called:
+                done.callback(None)
 
 
 class _LinkFactory(Factory):
@@ -303,8 +331,9 @@ class LinkService(Service):
 
     def stopService(self):
         super().stopService()
-        self.hub.close_all(ErrorCode.SHUTTING_DOWN, "the relay is shutting down")
-        return self._close_ports()
+        closed = self._close_ports()
+        drained = self.hub.close_all(ErrorCode.SHUTTING_DOWN, "the relay is shutting down")
+        return gatherResults([closed, drained])
 
     def _close_ports(self):
         ports, self._ports = self._ports, []
