@@ -235,7 +235,7 @@ class Driver:
                     next_due = t0 + (self.sent - first_seq) / rate
                     timeout = max(0.0, min(next_due - perf(), 0.005))
                 else:
-                    timeout = 0.0 if (self.pending_out() and False) else 0.005
+                    timeout = 0.005
                 if self.pending_out():
                     timeout = 0.0
                 for fd, _ in poller.poll(timeout):
@@ -253,8 +253,8 @@ class Driver:
                 if srv0 is not None and srv1 is not None:
                     phase.srv_cpu = round((srv1 - srv0) / wall, 3)
             if rate is not None:
-                phase.behind = max(0.0, (t0 + (self.sent - first_seq) / rate) - end) if False else \
-                    max(0.0, (end - t0) - (self.sent - first_seq) / rate)
+                # how far the sends lagged their schedule when the phase ended
+                phase.behind = max(0.0, (end - t0) - (self.sent - first_seq) / rate)
             phase.sent = self.sent - first_seq
             sent_at_m_end = self.sent
             # drain what is in flight
@@ -359,15 +359,14 @@ class LeanDriver(Driver):
         # receiver: our window for the node's DELIVERs
         self.reported = 0
         self.id_tail = os.urandom(8)
-        frame_len = 1 + 16 + 32 + len(self.body) + 8
+        # SEND = 0x30 ‖ message id (sequence u64 ‖ 8 random bytes) ‖ recipient ‖ body (--size bytes)
+        frame_len = 1 + 16 + 32 + args.size
         self.frame_head = U16.pack(frame_len) + b"\x30"
-        self.frame_tail = self.id_tail + self.recipient + U64.pack(0)[:0] + self.body
+        self.frame_tail = self.id_tail + self.recipient + os.urandom(args.size)
         self.per_record = max(1, min(args.frames_per_record or 10 ** 9,
                                      self.record_target // (frame_len + 2)))
         self.flow_control_frames = 0
         self.pings = 0
-        self.deliver_len = 2 + 1 + 16 + len(self.body)
-        # the body of a DELIVER carries the sequence again after the message id
 
     def sockets(self):
         return [self.s.sock, self.r.sock]

@@ -141,3 +141,21 @@ async def test_sigterm_tells_connected_clients_why(relay):
     closed = await within(alice.closed)
     assert closed.code is ErrorCode.SHUTTING_DOWN and closed.by_peer
     assert relay.finish() == -15
+
+
+def test_tls_listener_speaks_only_tls_1_3_with_alpn(relay):
+    import ssl
+
+    host, port = relay.stream_address("link", "tls")
+    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    old.check_hostname, old.verify_mode = False, ssl.CERT_NONE
+    old.maximum_version = ssl.TLSVersion.TLSv1_2
+    with socket.create_connection((host, port), timeout=BOUND) as raw:
+        with pytest.raises(ssl.SSLError):
+            old.wrap_socket(raw).do_handshake()
+    modern = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    modern.check_hostname, modern.verify_mode = False, ssl.CERT_NONE
+    modern.set_alpn_protocols(["zentalk/3"])
+    with socket.create_connection((host, port), timeout=BOUND) as raw:
+        with modern.wrap_socket(raw) as tls:
+            assert tls.version() == "TLSv1.3" and tls.selected_alpn_protocol() == "zentalk/3"
