@@ -60,6 +60,7 @@ U16 = struct.Struct(">H")
 U32 = struct.Struct(">I")
 U64 = struct.Struct(">Q")
 RECV_BYTES = 262144
+CONN_RECV_BYTES = 65536
 OUTBUF_HIGH = 262144  # stop generating while this much is unsent
 DRAIN_S = 10.0
 
@@ -87,6 +88,8 @@ class Phase:
         self.behind = 0.0
         self.gen_cpu = None
         self.srv_cpu = None
+        self.cpus = None
+        self.foreign_cpu = None
 
     def result(self) -> dict:
         lat = sorted(self.latencies)
@@ -98,7 +101,8 @@ class Phase:
             "delivered": self.delivered,
             "p50_ms": ms(50), "p90_ms": ms(90), "p99_ms": ms(99), "p999_ms": ms(99.9),
             "max_ms": None if not lat else round(lat[-1] * 1000, 3),
-            "gen_cpu": self.gen_cpu, "srv_cpu": self.srv_cpu,
+            "gen_cpu": self.gen_cpu, "srv_cpu": self.srv_cpu, "cpus": self.cpus,
+            "foreign_cpu": self.foreign_cpu,
             "behind_s": round(self.behind, 4),
         }
 
@@ -204,6 +208,8 @@ class Driver:
                 now = perf()
                 if cpu0 is None and now >= self.m_start:
                     cpu0, srv0 = time.process_time(), cpu_of(self.server_pid)
+                    stat0 = linkbench.cpu_stat()
+                    procs0 = linkbench.all_cpu()
                 if now >= self.m_end:
                     break
                 if time.monotonic() > deadline_all:
@@ -249,6 +255,9 @@ class Driver:
             cpu1, srv1 = time.process_time(), cpu_of(self.server_pid)
             wall = max(1e-9, end - self.m_start)
             if cpu0 is not None:
+                phase.cpus = linkbench.cpu_stat_delta(stat0, linkbench.cpu_stat())
+                phase.foreign_cpu = round(linkbench.foreign_cpu(
+                    procs0, linkbench.all_cpu(), {os.getpid(), self.server_pid}) / wall, 3)
                 phase.gen_cpu = round((cpu1 - cpu0) / wall, 3)
                 if srv0 is not None and srv1 is not None:
                     phase.srv_cpu = round((srv1 - srv0) / wall, 3)
@@ -587,7 +596,9 @@ class ConnDriver(LeanDriver):
         side = self.s if sock is self.s.sock else self.r
         for _ in range(8):
             try:
-                data = sock.recv(RECV_BYTES)
+                # LengthPrefixedReader refuses more than MAX_BUFFER (4 largest records) held at
+                # once, so feed it what a Twisted TCP transport would: at most 64 KiB per call
+                data = sock.recv(CONN_RECV_BYTES)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as error:
@@ -597,7 +608,7 @@ class ConnDriver(LeanDriver):
                 self.errors.append("the node closed a link")
                 return
             self._events(side, side.conn.receive_data(data, time.time()), now)
-            if len(data) < RECV_BYTES:
+            if len(data) < CONN_RECV_BYTES:
                 break
         for s in (self.s, self.r):
             for unit in s.conn.pull(time.time()):
@@ -777,7 +788,7 @@ def run_client(args) -> dict:
             state["sent"] += 1
             times[seq] = perf()
             d = sender.send(recipient, U64.pack(seq) + body[8:], U64.pack(seq) + bytes(8))
-            d.addErrback(lambda f: out["errors"].append(str(f.value)))
+            d.addErrback(lambda f: None if state.get("closing") else out["errors"].append(str(f.value)))
 
         for _ in range(args.window):
             send_one()
@@ -789,6 +800,8 @@ def run_client(args) -> dict:
             if m_start <= now <= m_end:
                 if "cpu0" not in cpu:
                     cpu["cpu0"], cpu["srv0"] = time.process_time(), cpu_of(args.server_pid)
+                    cpu["stat0"] = linkbench.cpu_stat()
+                    cpu["procs0"] = linkbench.all_cpu()
                 phase.delivered += 1
                 phase.latencies.append(now - times.pop(seq))
             else:
@@ -799,10 +812,14 @@ def run_client(args) -> dict:
         end = perf()
         wall = end - m_start
         phase.gen_cpu = round((time.process_time() - cpu["cpu0"]) / wall, 3)
+        phase.cpus = linkbench.cpu_stat_delta(cpu["stat0"], linkbench.cpu_stat())
+        phase.foreign_cpu = round(linkbench.foreign_cpu(
+            cpu["procs0"], linkbench.all_cpu(), {os.getpid(), args.server_pid}) / wall, 3)
         srv1 = cpu_of(args.server_pid)
         if cpu.get("srv0") is not None and srv1 is not None:
             phase.srv_cpu = round((srv1 - cpu["srv0"]) / wall, 3)
         out["sent"], out["delivered"] = state["sent"], state["delivered"]
+        state["closing"] = True
         await sender.close()
         await receiver.close()
 

@@ -115,6 +115,39 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def cpu_stat() -> dict[int, tuple[int, int, int]]:
+    """Per CPU (busy, softirq + irq, total) jiffies from /proc/stat.
+
+    Busy counts every non-idle state, including interrupt and softirq time,
+    which the kernel does not charge to any process (loopback TCP is mostly
+    softirq work), and time taken by other processes on that CPU."""
+    out = {}
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith("cpu") and line[3].isdigit():
+                    name, *values = line.split()
+                    v = [int(x) for x in values]
+                    idle = v[3] + (v[4] if len(v) > 4 else 0)
+                    total = sum(v[:8])
+                    out[int(name[3:])] = (total - idle, v[5] + v[6], total)
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+def cpu_stat_delta(before: dict, after: dict) -> dict[int, dict[str, float]]:
+    """Fractions of each CPU between two :func:`cpu_stat` snapshots."""
+    out = {}
+    for cpu, (busy1, irq1, total1) in after.items():
+        if cpu not in before:
+            continue
+        busy0, irq0, total0 = before[cpu]
+        span = max(1, total1 - total0)
+        out[cpu] = {"busy": round((busy1 - busy0) / span, 3), "irq": round((irq1 - irq0) / span, 3)}
+    return out
+
+
 def rss_kib(pid: int) -> int | None:
     """VmRSS of a process in KiB (None if gone)."""
     try:
@@ -289,3 +322,75 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
         return None
     index = min(len(sorted_values) - 1, max(0, int(round(q / 100.0 * (len(sorted_values) - 1)))))
     return sorted_values[index]
+
+
+# -- profiles ----------------------------------------------------------------------
+
+
+def _frame_name(frame: str) -> str:
+    """``function (path/to/file.py:123)`` -> ``file.py:function``."""
+    name, _, where = frame.rpartition(" (")
+    if not name:
+        return frame
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    parts = Path(path).parts
+    short = "/".join(parts[-2:]) if len(parts) >= 2 else path
+    for marker in ("zentalk_relay", "twisted", "cryptography", "nacl"):
+        if marker in parts:
+            short = "/".join(parts[parts.index(marker):])
+            break
+    return f"{short}:{name}"
+
+
+def summarize_collapsed(path: Path, top: int = 25) -> dict:
+    """Self and inclusive shares per function from py-spy's ``--format raw`` output."""
+    self_counts: dict[str, int] = {}
+    incl_counts: dict[str, int] = {}
+    total = 0
+    for line in Path(path).read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [_frame_name(f) for f in stack.split(";") if f and not f.startswith("process ")
+                  and not f.startswith("thread ")]
+        if not frames:
+            continue
+        self_counts[frames[-1]] = self_counts.get(frames[-1], 0) + n
+        for name in set(frames):
+            incl_counts[name] = incl_counts.get(name, 0) + n
+    total = max(1, total)
+    by_self = sorted(self_counts.items(), key=lambda kv: -kv[1])[:top]
+    by_incl = sorted(incl_counts.items(), key=lambda kv: -kv[1])[:top]
+    return {
+        "samples": total,
+        "self": [(name, round(100.0 * n / total, 1)) for name, n in by_self],
+        "inclusive": [(name, round(100.0 * n / total, 1)) for name, n in by_incl],
+    }
+
+
+def format_profile(summary: dict, top: int = 25) -> str:
+    lines = [f"{summary['samples']} samples"]
+    lines.append("  self %  function")
+    lines += [f"  {pct:6.1f}  {name}" for name, pct in summary["self"][:top]]
+    lines.append("  incl %  function")
+    lines += [f"  {pct:6.1f}  {name}" for name, pct in summary["inclusive"][:top]]
+    return "\n".join(lines)
+
+
+def all_cpu() -> dict[int, float]:
+    """utime + stime of every process now, by pid (a snapshot for :func:`foreign_cpu`)."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            seconds = cpu_seconds(int(entry))
+            if seconds is not None:
+                out[int(entry)] = seconds
+    return out
+
+
+def foreign_cpu(before: dict[int, float], after: dict[int, float], exclude: set[int]) -> float:
+    """CPU seconds used between two snapshots by processes not in ``exclude``
+    (processes that started and ended in between are missed)."""
+    return sum(max(0.0, t - before.get(pid, 0.0)) for pid, t in after.items() if pid not in exclude)

@@ -12,6 +12,7 @@ A peer's garbage raises :class:`FrameError` and nothing else.
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -41,10 +42,18 @@ class FrameType(IntEnum):
     ERROR = 0x09
     FLOW_CONTROL = 0x10
     WINDOW_UPDATE = 0x11
+    RESUME = 0x12
+    RESUMED = 0x13
     PEX = 0x20
     SEND = 0x30
     DELIVER = 0x31
     RECEIPT = 0x32
+    SYNC_REQUEST = 0x33
+    SYNC_RESPONSE = 0x34
+    ACK = 0x35
+    ONION = 0x40
+    PUNCH_REQUEST = 0x41
+    PUNCH = 0x42
 
 
 class Role(IntEnum):
@@ -103,6 +112,10 @@ class ErrorCode(IntEnum):
     UNKNOWN_RECIPIENT = 20
     RECIPIENT_BUSY = 21
     ROLE_REFUSED = 22
+    MAILBOX_FULL = 23
+    RESUME_REJECTED = 24
+    MESSAGE_TOO_LARGE = 25
+    PEER_NOT_CONNECTED = 26
 
     @property
     def label(self) -> str:
@@ -233,13 +246,75 @@ class Receipt:
     code: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Sent instead of HELLO by a client that holds a session token."""
+
+    token: bytes  # 32
+    nonce: bytes  # 32: the client's challenge, which the relay signs as in AUTH_RESPONSE
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    accepted: bool
+    token: bytes  # 32: the next token (zeros when refused)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncRequest:
+    cursor: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxMessage:
+    message_id: bytes  # 16
+    stored_at_ms: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResponse:
+    has_more: bool
+    next_cursor: int
+    messages: tuple[MailboxMessage, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    message_ids: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Onion:
+    packet: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PunchRequest:
+    peer: bytes  # 32: the node id to punch towards
+    udp_host: str  # the requester's own UDP candidate (from STUN), "" if none
+    udp_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Punch:
+    peer: bytes  # 32
+    host: str  # the peer's candidate: its UDP candidate, else its observed link address
+    port: int
+    start_at_ms: int  # when both sides start sending, on the relay's clock
+    rtt_ms: int  # the relay's RTT to this side
+
+
 Frame = (
     Hello | HelloAck | AuthChallenge | AuthResponse | AuthOk | Ping | Pong | Close | Error
-    | FlowControl | WindowUpdate | Pex | Send | Deliver | Receipt
+    | FlowControl | WindowUpdate | Pex | Send | Deliver | Receipt | Resume | Resumed | SyncRequest
+    | SyncResponse | Ack | Onion | PunchRequest | Punch
 )
 
 #: Frames that consume the flow-control window: application traffic.
-FLOW_CONTROLLED = (Send, Deliver)
+FLOW_CONTROLLED = (Send, Deliver, Onion)
+MAX_ACK_IDS = 1024
 
 
 # -- helpers ----------------------------------------------------------------
@@ -253,6 +328,33 @@ _FLOW = struct.Struct("!IIBI")
 _WINDOW = struct.Struct("!II")
 _CODE = struct.Struct("!H")
 _RECEIPT = struct.Struct("!16sBH")
+_SYNC_REQUEST = struct.Struct("!QH")
+_SYNC_HEAD = struct.Struct("!BQH")
+_MAILBOX_ITEM = struct.Struct("!16sQI")
+_PUNCH_TAIL = struct.Struct("!QI")
+
+
+def _address(host: str, port: int) -> bytes:
+    """family u8 (0 none, 4, 6) ‖ address (0, 4 or 16) ‖ port u16."""
+    if not host:
+        return b"\x00" + _U16.pack(0)
+    ip = ipaddress.ip_address(host)
+    return bytes([ip.version]) + ip.packed + _U16.pack(port)
+
+
+def _read_address(body: bytes, offset: int) -> tuple[str, int, int]:
+    if offset >= len(body):
+        raise FrameError(ErrorCode.PROTOCOL_ERROR, "address missing")
+    family = body[offset]
+    size = {0: 0, 4: 4, 6: 16}.get(family)
+    if size is None:
+        raise FrameError(ErrorCode.PROTOCOL_ERROR, f"unknown address family {family}")
+    end = offset + 1 + size + 2
+    if end > len(body):
+        raise FrameError(ErrorCode.PROTOCOL_ERROR, "address truncated")
+    host = str(ipaddress.ip_address(body[offset + 1 : offset + 1 + size])) if size else ""
+    (port,) = _U16.unpack_from(body, offset + 1 + size)
+    return host, port, end
 
 
 def _features(names: tuple[str, ...]) -> bytes:
@@ -348,6 +450,15 @@ _ENCODERS: dict[type, Callable[[object], bytes]] = {
     WindowUpdate: lambda f: b"\x11" + _WINDOW.pack(f.window, f.consumed),
     Pex: lambda f: b"\x20" + bytes([f.subtype]) + f.body,
     Receipt: lambda f: b"\x32" + _RECEIPT.pack(f.message_id, f.status, f.code),
+    Resume: lambda f: b"\x12" + f.token + f.nonce,
+    Resumed: lambda f: b"\x13" + bytes([1 if f.accepted else 0]) + f.token,
+    SyncRequest: lambda f: b"\x33" + _SYNC_REQUEST.pack(f.cursor, f.limit),
+    SyncResponse: lambda f: b"\x34" + _SYNC_HEAD.pack(1 if f.has_more else 0, f.next_cursor, len(f.messages))
+    + b"".join(_MAILBOX_ITEM.pack(m.message_id, m.stored_at_ms, len(m.body)) + m.body for m in f.messages),
+    Ack: lambda f: b"\x35" + _U16.pack(len(f.message_ids)) + b"".join(f.message_ids),
+    Onion: lambda f: b"\x40" + f.packet,
+    PunchRequest: lambda f: b"\x41" + f.peer + _address(f.udp_host, f.udp_port),
+    Punch: lambda f: b"\x42" + f.peer + _address(f.host, f.port) + _PUNCH_TAIL.pack(f.start_at_ms, f.rtt_ms),
 }
 
 
@@ -408,6 +519,57 @@ def _decode_error(body: bytes) -> Error:
     return Error(_CODE.unpack_from(body)[0], _reason(body[2:]))
 
 
+def _decode_sync_response(body: bytes) -> SyncResponse:
+    _at_least(body, _SYNC_HEAD.size, "SYNC_RESPONSE")
+    more, cursor, count = _SYNC_HEAD.unpack_from(body)
+    offset = _SYNC_HEAD.size
+    messages = []
+    for _ in range(count):
+        if offset + _MAILBOX_ITEM.size > len(body):
+            raise FrameError(ErrorCode.PROTOCOL_ERROR, "SYNC_RESPONSE item truncated")
+        message_id, stored_at, size = _MAILBOX_ITEM.unpack_from(body, offset)
+        offset += _MAILBOX_ITEM.size
+        if offset + size > len(body):
+            raise FrameError(ErrorCode.PROTOCOL_ERROR, "SYNC_RESPONSE body truncated")
+        messages.append(MailboxMessage(message_id, stored_at, body[offset : offset + size]))
+        offset += size
+    if offset != len(body) or more > 1:
+        raise FrameError(ErrorCode.PROTOCOL_ERROR, "malformed SYNC_RESPONSE")
+    return SyncResponse(bool(more), cursor, tuple(messages))
+
+
+def _decode_ack(body: bytes) -> Ack:
+    _at_least(body, 2, "ACK")
+    (count,) = _U16.unpack_from(body)
+    if count > MAX_ACK_IDS:
+        raise FrameError(ErrorCode.PROTOCOL_ERROR, f"ACK of {count} ids is more than {MAX_ACK_IDS}")
+    _exact(body, 2 + 16 * count, "ACK")
+    return Ack(tuple(body[2 + 16 * i : 18 + 16 * i] for i in range(count)))
+
+
+def _decode_resumed(body: bytes) -> Resumed:
+    _exact(body, 33, "RESUMED")
+    if body[0] > 1:
+        raise FrameError(ErrorCode.PROTOCOL_ERROR, "RESUMED flag is not 0 or 1")
+    return Resumed(bool(body[0]), body[1:])
+
+
+def _decode_punch_request(body: bytes) -> PunchRequest:
+    _at_least(body, 33, "PUNCH_REQUEST")
+    host, port, end = _read_address(body, 32)
+    if end != len(body):
+        raise FrameError(ErrorCode.PROTOCOL_ERROR, "trailing bytes after PUNCH_REQUEST")
+    return PunchRequest(body[:32], host, port)
+
+
+def _decode_punch(body: bytes) -> Punch:
+    _at_least(body, 33, "PUNCH")
+    host, port, end = _read_address(body, 32)
+    _exact(body[end:], _PUNCH_TAIL.size, "PUNCH tail")
+    start_at, rtt = _PUNCH_TAIL.unpack_from(body, end)
+    return Punch(body[:32], host, port, start_at, rtt)
+
+
 def _decode_pex(body: bytes) -> Pex:
     _at_least(body, 1, "PEX")
     return Pex(body[0], body[1:])
@@ -429,6 +591,14 @@ _DECODERS: dict[int, Callable[[bytes], Frame]] = {
     FrameType.SEND: _decode_send,
     FrameType.DELIVER: _decode_deliver,
     FrameType.RECEIPT: _fixed(19, "RECEIPT", lambda b: Receipt(*_RECEIPT.unpack(b))),
+    FrameType.RESUME: _fixed(64, "RESUME", lambda b: Resume(b[:32], b[32:])),
+    FrameType.RESUMED: _decode_resumed,
+    FrameType.SYNC_REQUEST: _fixed(10, "SYNC_REQUEST", lambda b: SyncRequest(*_SYNC_REQUEST.unpack(b))),
+    FrameType.SYNC_RESPONSE: _decode_sync_response,
+    FrameType.ACK: _decode_ack,
+    FrameType.ONION: lambda b: Onion(b),
+    FrameType.PUNCH_REQUEST: _decode_punch_request,
+    FrameType.PUNCH: _decode_punch,
 }
 
 
@@ -451,6 +621,8 @@ _NAMES = {
     Hello: "hello", HelloAck: "hello_ack", AuthChallenge: "auth_challenge", AuthResponse: "auth_response",
     AuthOk: "auth_ok", Ping: "ping", Pong: "pong", Close: "close", Error: "error", FlowControl: "flow_control",
     WindowUpdate: "window_update", Pex: "pex", Send: "send", Deliver: "deliver", Receipt: "receipt",
+    Resume: "resume", Resumed: "resumed", SyncRequest: "sync_request", SyncResponse: "sync_response", Ack: "ack",
+    Onion: "onion", PunchRequest: "punch_request", Punch: "punch",
 }
 FRAME_NAMES = tuple(_NAMES.values())
 
