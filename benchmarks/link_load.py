@@ -361,11 +361,12 @@ class LeanDriver(Driver):
             side.out += b"".join(conn.pull(time.time()))
         self.win_init = args.window_initial
         self.window_max = settings.window_max
-        # sender: the node's window for our SENDs
-        self.peer_window = args.window_initial
-        self.peer_consumed = 0
+        # sender: the node's window for our SENDs, as the handshake left it (the protocol's
+        # initial window, or what the node announced in a WINDOW_UPDATE that came with AUTH_OK)
+        self.peer_window = getattr(sconn, "_peer_window", getattr(session, "INITIAL_WINDOW", 1000))
+        self.peer_consumed = getattr(sconn, "_peer_consumed", 0)
         self.paused_until = 0.0
-        # receiver: our window for the node's DELIVERs
+        # receiver: our window for the node's DELIVERs (announced by LinkConnection at activation)
         self.reported = 0
         self.id_tail = os.urandom(8)
         # SEND = 0x30 ‖ message id (sequence u64 ‖ 8 random bytes) ‖ recipient ‖ body (--size bytes)

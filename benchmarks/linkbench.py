@@ -27,6 +27,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 HOST = "127.0.0.1"
+#: The tree whose ``zentalk_relay`` (and twistd plugin) the node and the drivers run:
+#: this checkout, or another tree named by LINKBENCH_SOURCE, e.g. a snapshot made with
+#: ``git archive HEAD zentalk_relay twisted | tar -x -C DIR`` while the checkout is mid-edit.
+SOURCE = Path(os.environ.get("LINKBENCH_SOURCE") or REPO).resolve()
 READY = re.compile(r"node ([0-9a-f]{16}) running")
 
 #: Settings that take the node's per-link and per-IP limits out of the way of
@@ -49,7 +53,7 @@ def checkout_env(extra: dict | None = None) -> dict:
     """The environment for children: the checkout first on PYTHONPATH, so that
     twistd finds this tree's plugin and the drivers import this tree's code."""
     env = dict(os.environ)
-    parts = [str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    parts = [str(SOURCE)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
     env["PYTHONPATH"] = os.pathsep.join(parts)
     env.setdefault("PYTHONHASHSEED", "0")
     if extra:
@@ -58,9 +62,9 @@ def checkout_env(extra: dict | None = None) -> dict:
 
 
 def use_checkout() -> None:
-    """In a driver process: import zentalk_relay from this checkout."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
+    """In a driver process: import zentalk_relay from :data:`SOURCE` (this checkout by default)."""
+    if sys.path[:1] != [str(SOURCE)]:
+        sys.path.insert(0, str(SOURCE))
 
 
 def raise_nofile(want: int) -> tuple[int, int]:
@@ -306,14 +310,16 @@ def env_info() -> dict:
             info[module] = __import__(module).__version__
         except Exception:  # noqa: BLE001 - informational only
             info[module] = None
-    try:
-        info["commit"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                                        capture_output=True, text=True, timeout=10).stdout.strip() or None
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "zentalk_relay"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        info["package_modified"] = bool(dirty)
-    except (OSError, subprocess.TimeoutExpired):
-        pass
+    info["source"] = str(SOURCE)
+    if SOURCE == REPO.resolve():
+        try:
+            info["commit"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                                            capture_output=True, text=True, timeout=10).stdout.strip() or None
+            dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "zentalk_relay"],
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            info["package_modified"] = bool(dirty)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
     return info
 
 
@@ -394,3 +400,44 @@ def foreign_cpu(before: dict[int, float], after: dict[int, float], exclude: set[
     """CPU seconds used between two snapshots by processes not in ``exclude``
     (processes that started and ended in between are missed)."""
     return sum(max(0.0, t - before.get(pid, 0.0)) for pid, t in after.items() if pid not in exclude)
+
+
+def wait_quiet(max_wait: float, threshold: float = 0.05, quiet_for: float = 2.0) -> tuple[bool, float]:
+    """Wait (at most ``max_wait`` s) until the other processes of the machine have used
+    less than ``threshold`` of a core for ``quiet_for`` s in a row; the benchmark's own
+    children are not running at this point. Returns (quiet, seconds waited)."""
+    start = time.monotonic()
+    quiet_since = None
+    before = all_cpu()
+    mine = {os.getpid()}
+    if max_wait <= 0:
+        return True, 0.0
+    while True:
+        time.sleep(0.5)
+        after = all_cpu()
+        used = foreign_cpu(before, after, mine) / 0.5
+        before = after
+        now = time.monotonic()
+        if used < threshold:
+            quiet_since = quiet_since or now
+            if now - quiet_since >= quiet_for:
+                return True, now - start
+        else:
+            quiet_since = None
+        if now - start >= max_wait:
+            return False, now - start
+
+
+def disturbance(phase: dict, server_cpu: int) -> float:
+    """How much CPU others took during a phase, in cores: the larger of the CPU used by
+    processes not ours (short-lived ones that ended within the phase are missed) and the
+    server CPU's busy time not charged to the server process."""
+    foreign = phase.get("foreign_cpu") or 0.0
+    cpus = phase.get("cpus") or {}
+    busy = (cpus.get(str(server_cpu)) or cpus.get(server_cpu) or {}).get("busy")
+    srv = phase.get("srv_cpu")
+    unexplained = busy - srv if busy is not None and srv is not None else 0.0
+    return round(max(foreign, unexplained, 0.0), 3)
+
+
+DISTURBED = 0.08  # cores taken by others above which a measurement is flagged

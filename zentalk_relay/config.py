@@ -181,8 +181,44 @@ class LinkConfig:
     window_initial: int = setting(1000, check=_check_window, doc="Messages a peer may send before our WINDOW_UPDATE.")
     window_min: int = setting(100, check=_check_window, doc="Smallest window granted under load.")
     window_max: int = setting(10000, check=_check_window, doc="Largest window a peer's update is believed up to.")
+    session_ttl: float = setting(600.0, check=_check_positive,
+                                 doc="Seconds a client may resume its session (RESUME) after authenticating.")
     max_backlog: int = setting(2000, check=_check_positive,
                                doc="Messages queued for a link beyond its window before new ones are refused.")
+
+
+def _check_bootstraps(values: tuple[str, ...]) -> None:
+    from .bootstrap import BootstrapError, parse
+
+    for value in values:
+        try:
+            parsed = parse(value)
+        except BootstrapError as error:
+            raise ValueError(f"{value[:24]!r}...: {error}") from None
+        if not parsed.addresses:
+            raise ValueError(f"{value[:24]!r}... names no address to connect to")
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxConfig:
+    ttl: float = setting(7 * 24 * 3600.0, check=_check_positive,
+                         doc="Seconds a message waits for its offline recipient before it expires.")
+    max_message_bytes: int = setting(65536, check=_check_positive, doc="Largest message body kept.")
+    per_recipient_messages: int = setting(10000, check=_check_positive, doc="Messages kept for one recipient.")
+    per_recipient_bytes: int = setting(64 * 1024 * 1024, check=_check_positive, doc="Bytes kept for one recipient.")
+    total_bytes: int = setting(4 * 1024 * 1024 * 1024, check=_check_positive, doc="Bytes kept for everyone.")
+    purge_interval: float = setting(60.0, check=_check_positive, doc="Seconds between sweeps of expired messages.")
+
+
+@dataclass(frozen=True, slots=True)
+class MeshConfig:
+    peers: tuple[str, ...] = setting((), check=_check_bootstraps,
+                                     doc="Bootstrap strings (`ztr1:...@host:port`) of relays this node may forward to.")
+    max_links: int = setting(64, check=_check_positive, doc="Relay links this node opens at most.")
+    idle_timeout: float = setting(600.0, check=_check_positive,
+                                  doc="Seconds without a forwarded packet before an opened relay link is closed.")
+    queue: int = setting(1000, check=_check_positive,
+                         doc="Onion packets held for a next hop while its link comes up.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +233,8 @@ class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
     stun: StunConfig = field(default_factory=StunConfig)
     link: LinkConfig = field(default_factory=LinkConfig)
+    mailbox: MailboxConfig = field(default_factory=MailboxConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 

@@ -37,13 +37,10 @@ def describe_port(kind: str, port: IListeningPort) -> str:
     return f"{kind}:{host}:{address.port}"
 
 
-def listen_udp(reactor, address: str, protocol, buffer_size: int) -> IListeningPort:
-    host, port = parse_host_port(address)
+def bind_udp(host: str, port: int, buffer_size: int) -> socket.socket:
+    """A non-blocking UDP socket bound to ``host:port`` (IPv6-only for an IPv6 host); raises OSError."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-    except OSError as error:
-        raise ListenError(f"cannot listen on udp {address}: {error.strerror}") from None
+    sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -51,11 +48,40 @@ def listen_udp(reactor, address: str, protocol, buffer_size: int) -> IListeningP
             sock.setsockopt(socket.SOL_SOCKET, option, buffer_size)
         sock.bind((host, port))
         sock.setblocking(False)
-        return reactor.adoptDatagramPort(sock.fileno(), family, protocol, maxPacketSize=MAX_DATAGRAM)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def adopt_udp(reactor, sock: socket.socket, protocol) -> IListeningPort:
+    """Hand a bound socket to the reactor for reading; the caller keeps ``sock`` to send with.
+
+    The reactor reads from its own duplicate of the descriptor; writing
+    through ``sock.sendto`` skips the address checks of ``transport.write``
+    on paths that send a datagram for every one they receive.
+    """
+    return reactor.adoptDatagramPort(sock.fileno(), sock.family, protocol, maxPacketSize=MAX_DATAGRAM)
+
+
+def open_udp(reactor, address: str, protocol, buffer_size: int) -> tuple[IListeningPort, socket.socket]:
+    """:func:`listen_udp` that also returns the socket, for an adapter that sends through it."""
+    host, port = parse_host_port(address)
+    try:
+        sock = bind_udp(host, port, buffer_size)
     except OSError as error:
         raise ListenError(f"cannot listen on udp {address}: {error.strerror}") from None
-    finally:
-        sock.close()  # the reactor holds its own duplicate of the descriptor
+    try:
+        return adopt_udp(reactor, sock, protocol), sock
+    except OSError as error:
+        sock.close()
+        raise ListenError(f"cannot listen on udp {address}: {error.strerror}") from None
+
+
+def listen_udp(reactor, address: str, protocol, buffer_size: int) -> IListeningPort:
+    port, sock = open_udp(reactor, address, protocol, buffer_size)
+    sock.close()  # the reactor holds its own duplicate of the descriptor
+    return port
 
 
 def listen_stream(reactor, description: str, factory) -> IListeningPort:

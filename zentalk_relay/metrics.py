@@ -109,6 +109,48 @@ class _LinkCollector(Collector):
         yield closes
 
 
+class _RelayCollector(Collector):
+    def __init__(self, stats, mailbox, links_up: Callable[[], int]) -> None:
+        self._stats = stats
+        self._mailbox = mailbox
+        self._links_up = links_up
+
+    def collect(self) -> Iterable:
+        packets = CounterMetricFamily("zentalk_relay_onion_packets", "Onion packets handled, by outcome.",
+                                      labels=["result"])
+        outcomes = dict.fromkeys(("forwarded", "delivered", "stored", "cover"), 0)
+        outcomes.update(self._stats.onion)
+        for result, value in sorted(outcomes.items()):
+            packets.add_metric([result], value)
+        yield packets
+        dropped = CounterMetricFamily("zentalk_relay_onion_dropped", "Onion packets dropped, by reason.",
+                                      labels=["reason"])
+        reasons = dict.fromkeys(("bad_size", "bad_mac", "replay", "bad_payload", "unknown_next_hop"), 0)
+        reasons.update(self._stats.dropped)
+        for reason, value in sorted(reasons.items()):
+            dropped.add_metric([reason], value)
+        yield dropped
+        yield GaugeMetricFamily("zentalk_mesh_links_up", "Authenticated links to other relays.",
+                                value=self._links_up())
+        store = self._mailbox.store
+        if store is None:
+            return
+        yield GaugeMetricFamily("zentalk_mailbox_messages", "Messages waiting in the mailbox.", value=store.depth)
+        yield GaugeMetricFamily("zentalk_mailbox_bytes", "Bytes of message bodies in the mailbox.", value=store.size)
+        events = CounterMetricFamily("zentalk_mailbox_events", "Mailbox outcomes: stored, duplicate, delivered "
+                                     "(acknowledged by the owner), expired.", labels=["event"])
+        for name in ("stored", "duplicate", "delivered", "expired"):
+            events.add_metric([name], getattr(store.stats, name if name != "duplicate" else "duplicates"))
+        yield events
+        refused = CounterMetricFamily("zentalk_mailbox_refused", "Messages the mailbox refused, by reason.",
+                                      labels=["reason"])
+        reasons = dict.fromkeys(("recipient_full", "mailbox_full", "too_large"), 0)
+        reasons.update(store.stats.refused or {})
+        for reason, value in sorted(reasons.items()):
+            refused.add_metric([reason], value)
+        yield refused
+
+
 class _ServicesCollector(Collector):
     def __init__(self, states: Callable[[], dict[str, bool]]) -> None:
         self._states = states
@@ -149,6 +191,15 @@ class NodeMetrics:
     def watch_links(self, stats: LinkStats, counts: Callable[[], dict[tuple[str, str], int]],
                     refusals: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_LinkCollector(stats, counts, refusals))
+
+    def hop_latency_observer(self) -> Callable[[float], None]:
+        hop = Histogram("zentalk_relay_hop_seconds", "Time to process one onion packet at this hop.",
+                        buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05),
+                        registry=self.registry)
+        return hop.observe
+
+    def watch_relay(self, stats, mailbox, links_up: Callable[[], int]) -> None:
+        self.registry.register(_RelayCollector(stats, mailbox, links_up))
 
     def watch_services(self, states: Callable[[], dict[str, bool]]) -> None:
         self.registry.register(_ServicesCollector(states))

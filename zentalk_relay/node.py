@@ -75,6 +75,7 @@ class Node(MultiService):
             "version": __version__,
             "uptime_seconds": round(uptime, 3),
             "bootstrap": str(self.bootstrap()),
+            "onion_public": self.identity.onion_public.hex(),
             "services": {
                 service.name: {"running": bool(service.running), "endpoints": list(getattr(service, "endpoints", []))}
                 for service in self
@@ -129,7 +130,11 @@ def build_node(reactor, config: Config, identity: Identity | None = None) -> Nod
     if config.stun.enabled:
         _stun(reactor, config, metrics).setServiceParent(node)
     if config.link.enabled:
-        _link(reactor, config, identity, metrics).setServiceParent(node)
+        link = _link(reactor, config, identity, metrics)
+        # delivery before the link in the tree: MultiService stops children in
+        # reverse, so links are drained before the mailbox is closed
+        _relay(reactor, config, identity, metrics, link.hub).setServiceParent(node)
+        link.setServiceParent(node)
     if config.metrics.enabled:
         monitor = MonitorService(reactor, config.metrics.listen, metrics, node.status, node.healthy)
         monitor.setName("metrics")
@@ -154,3 +159,21 @@ def _link(reactor, config: Config, identity: Identity, metrics: NodeMetrics) -> 
     service = LinkService(reactor, config.link, hub)
     service.setName("link")
     return service
+
+
+def _relay(reactor, config: Config, identity: Identity, metrics: NodeMetrics, hub) -> MultiService:
+    from .relay import onion
+    from .relay.service import MAILBOX_FILE, MailboxWriter, Mesh, RelayStats, Router
+
+    stats = RelayStats()
+    relay = MultiService()
+    relay.setName("relay")
+    mailbox = MailboxWriter(reactor, config.node.data_dir / MAILBOX_FILE, config.mailbox)
+    mailbox.setServiceParent(relay)
+    mesh = Mesh(reactor, hub, identity, config.mesh, stats)
+    mesh.setServiceParent(relay)
+    keyring = onion.OnionKeyring(bytes(identity.onion_key), epoch=0, now=reactor.seconds(), overlap=24 * 3600.0)
+    hub.router = Router(reactor, hub, mailbox, mesh, keyring, onion.ReplayCache(), stats,
+                        metrics.hop_latency_observer())
+    metrics.watch_relay(stats, mailbox, mesh.links_up)
+    return relay

@@ -84,10 +84,10 @@ async def test_two_clients_exchange_messages(relay, transport):
 
 
 @pytest_twisted.ensureDeferred
-async def test_message_to_an_unknown_recipient_is_refused_with_a_reason(relay):
+async def test_message_to_an_offline_recipient_is_stored(relay):
     alice = await _connect(relay, "tcp")
-    receipt = await within(alice.send(os.urandom(32), b"nobody"))
-    assert (receipt.status, receipt.code) == (ReceiptStatus.REFUSED, ErrorCode.UNKNOWN_RECIPIENT)
+    receipt = await within(alice.send(os.urandom(32), b"nobody is here"))
+    assert (receipt.status, receipt.code) == (ReceiptStatus.STORED, 0)
     await within(alice.close())
 
 

@@ -17,11 +17,28 @@ from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol, wrapClientTLS
 
 from ..bootstrap import Bootstrap
-from ..link.frames import Deliver, Error, ErrorCode, Receipt, Role, Send
+from collections import OrderedDict, deque
+
+from ..link.frames import (
+    Ack,
+    Deliver,
+    Error,
+    ErrorCode,
+    Onion,
+    Punch,
+    PunchRequest,
+    Receipt,
+    Role,
+    Send,
+    SyncRequest,
+    SyncResponse,
+)
 from ..link.protocol import ALPN, LinkAdapter, StreamLinkProtocol, WebSocketLinkProtocol
 from ..link.session import Authenticated, Carrier, LinkConnection, LinkSettings
 
 CONNECT_TIMEOUT = 5.0
+ACK_DELAY = 0.05
+SEEN_MEMORY = 100_000
 
 
 class LinkClosed(Exception):
@@ -46,6 +63,14 @@ class ClientLink:
         self.errors: list[Error] = []
         self._receipts: dict[bytes, Deferred] = {}
         self._inbox: DeferredQueue = DeferredQueue()
+        self._syncs: deque[Deferred] = deque()
+        self._punches: deque[Deferred] = deque()
+        #: SYNC_RESPONSEs the relay pushed without a request (after RESUME).
+        self.pushed: DeferredQueue = DeferredQueue()
+        # Message ids already handed to the application: a message can come
+        # twice (a DELIVER whose ACK was lost comes back from the mailbox).
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._to_ack: list[bytes] = []
 
     # -- API -----------------------------------------------------------------
 
@@ -63,7 +88,52 @@ class ClientLink:
         """The next DELIVER from the relay."""
         return self._inbox.get()
 
+    def send_onion(self, path: list[tuple[bytes, bytes]], recipient: bytes, body: bytes,
+                   message_id: bytes | None = None) -> bytes:
+        """Send ``body`` to ``recipient`` through ``path``, a list of (node id, onion public key).
+
+        The first relay of the path must be the one this link goes to; the
+        last one delivers to ``recipient`` there (or keeps it in its mailbox).
+        Returns the message id.
+        """
+        from ..relay import delivery, onion
+
+        message_id = message_id or os.urandom(16)
+        hops = []
+        for index, (node_id, onion_public) in enumerate(path):
+            last = index == len(path) - 1
+            hops.append(onion.Hop(onion_public, onion.Instruction.DELIVER if last else onion.Instruction.FORWARD,
+                                  recipient if last else path[index + 1][0]))
+        payload = delivery.encode(message_id, body, onion.MAX_PAYLOAD)
+        packet = onion.build_packet(hops, payload)
+        if self.adapter is None or not self.adapter.send(Onion(packet)):
+            raise LinkClosed(ErrorCode.RECIPIENT_BUSY, "the link cannot take more now", False)
+        return message_id
+
+    def sync(self, cursor: int = 0, limit: int = 100) -> Deferred:
+        """The next page of this client's mailbox: a SYNC_RESPONSE."""
+        waiting: Deferred = Deferred()
+        self._syncs.append(waiting)
+        self.adapter.send(SyncRequest(cursor, limit))
+        return waiting
+
+    def ack(self, message_ids) -> None:
+        """Tell the relay these mailbox messages arrived, so it deletes them."""
+        ids = list(message_ids)
+        for start in range(0, len(ids), 1024):
+            self.adapter.send(Ack(tuple(ids[start:start + 1024])))
+
+    def punch(self, peer: bytes, udp: tuple[str, int] | None = None) -> Deferred:
+        """Ask the relay to coordinate a direct connection with ``peer``; fires with PUNCH."""
+        waiting: Deferred = Deferred()
+        self._punches.append(waiting)
+        host, port = udp or ("", 0)
+        self.adapter.send(PunchRequest(peer, host, port))
+        return waiting
+
     def close(self) -> Deferred:
+        """Acknowledge what arrived, then close."""
+        self._flush_acks()
         if self.adapter is not None:
             self.adapter.close(ErrorCode.NORMAL, "client closing")
         return self.closed
@@ -81,13 +151,49 @@ class ClientLink:
     def frame_received(self, adapter: LinkAdapter, frame) -> None:
         kind = type(frame)
         if kind is Deliver:
-            self._inbox.put(frame)
+            self._ack_soon(frame.message_id)
+            if self._first_time(frame.message_id):
+                self._inbox.put(frame)
         elif kind is Receipt:
             waiting = self._receipts.pop(frame.message_id, None)
             if waiting is not None:
                 waiting.callback(frame)
+        elif kind is SyncResponse:
+            fresh = tuple(m for m in frame.messages if self._first_time(m.message_id))
+            repeated = [m.message_id for m in frame.messages if m not in fresh]
+            if repeated:
+                self.ack(repeated)
+            page = SyncResponse(frame.has_more, frame.next_cursor, fresh)
+            if self._syncs:
+                self._syncs.popleft().callback(page)
+            else:
+                self.pushed.put(page)
+        elif kind is Punch:
+            if self._punches:
+                self._punches.popleft().callback(frame)
         elif kind is Error:
             self.errors.append(frame)
+
+    def _first_time(self, message_id: bytes) -> bool:
+        if message_id in self._seen:
+            return False
+        self._seen[message_id] = None
+        if len(self._seen) > SEEN_MEMORY:
+            self._seen.popitem(last=False)
+        return True
+
+    def _ack_soon(self, message_id: bytes) -> None:
+        """DELIVERs are acknowledged in batches, a moment after they arrive."""
+        self._to_ack.append(message_id)
+        if len(self._to_ack) >= 256:
+            self._flush_acks()
+        elif len(self._to_ack) == 1:
+            self.reactor.callLater(ACK_DELAY, self._flush_acks)
+
+    def _flush_acks(self) -> None:
+        ids, self._to_ack = self._to_ack, []
+        if ids and self.adapter is not None and self.adapter.conn is not None:
+            self.ack(ids)
 
     def credit_available(self, adapter: LinkAdapter) -> None:
         adapter.flush()
@@ -101,8 +207,10 @@ class ClientLink:
     def link_closed(self, adapter: LinkAdapter, code: ErrorCode, reason: str, by_peer: bool) -> None:
         failure = LinkClosed(code, reason, by_peer)
         receipts, self._receipts = self._receipts, {}
-        for waiting in receipts.values():
+        for waiting in [*receipts.values(), *self._syncs, *self._punches]:
             waiting.errback(failure)
+        self._syncs.clear()
+        self._punches.clear()
         if not self.authenticated.called:
             self.authenticated.errback(failure)
         if not self.closed.called:
@@ -110,12 +218,13 @@ class ClientLink:
 
 
 def _connection_maker(bootstrap: Bootstrap, signing_key: SigningKey, carrier: Carrier, role: Role,
-                      settings: LinkSettings):
+                      settings: LinkSettings, resume: Authenticated | None = None):
     def make(now: float) -> LinkConnection:
         return LinkConnection(
             initiator=True, role=role, signing_key=signing_key, carrier=carrier, settings=settings, now=now,
             remote_static=bootstrap.link_public,
             expected_peer_id=hashlib.sha256(bootstrap.ed25519_public).digest(),
+            resume=resume,
         )
 
     return make
@@ -131,6 +240,7 @@ async def connect(
     websocket_path: str = "/zentalk",
     role: Role = Role.CLIENT,
     settings: LinkSettings | None = None,
+    resume: Authenticated | None = None,
 ) -> ClientLink:
     """Open and authenticate a link; raises :class:`LinkClosed` if the relay refuses."""
     settings = settings or LinkSettings()
@@ -139,7 +249,7 @@ async def connect(
         raise ValueError("the bootstrap string names no address; pass address=")
     client = ClientLink(reactor)
     carrier = {"tcp": Carrier.NOISE_STREAM, "tls": Carrier.TLS_STREAM, "ws": Carrier.NOISE_MESSAGES}[transport]
-    make = _connection_maker(bootstrap, signing_key, carrier, role, settings)
+    make = _connection_maker(bootstrap, signing_key, carrier, role, settings, resume)
     if transport == "ws":
         from twisted.web.websocket import WebSocketClientEndpoint
 

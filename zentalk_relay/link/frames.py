@@ -113,7 +113,6 @@ class ErrorCode(IntEnum):
     RECIPIENT_BUSY = 21
     ROLE_REFUSED = 22
     MAILBOX_FULL = 23
-    RESUME_REJECTED = 24
     MESSAGE_TOO_LARGE = 25
     PEER_NOT_CONNECTED = 26
 
@@ -302,7 +301,7 @@ class Punch:
     peer: bytes  # 32
     host: str  # the peer's candidate: its UDP candidate, else its observed link address
     port: int
-    start_at_ms: int  # when both sides start sending, on the relay's clock
+    start_in_ms: int  # start sending this long after the PUNCH arrives (one-way delay already deducted)
     rtt_ms: int  # the relay's RTT to this side
 
 
@@ -331,7 +330,7 @@ _RECEIPT = struct.Struct("!16sBH")
 _SYNC_REQUEST = struct.Struct("!QH")
 _SYNC_HEAD = struct.Struct("!BQH")
 _MAILBOX_ITEM = struct.Struct("!16sQI")
-_PUNCH_TAIL = struct.Struct("!QI")
+_PUNCH_TAIL = struct.Struct("!II")
 
 
 def _address(host: str, port: int) -> bytes:
@@ -458,7 +457,7 @@ _ENCODERS: dict[type, Callable[[object], bytes]] = {
     Ack: lambda f: b"\x35" + _U16.pack(len(f.message_ids)) + b"".join(f.message_ids),
     Onion: lambda f: b"\x40" + f.packet,
     PunchRequest: lambda f: b"\x41" + f.peer + _address(f.udp_host, f.udp_port),
-    Punch: lambda f: b"\x42" + f.peer + _address(f.host, f.port) + _PUNCH_TAIL.pack(f.start_at_ms, f.rtt_ms),
+    Punch: lambda f: b"\x42" + f.peer + _address(f.host, f.port) + _PUNCH_TAIL.pack(f.start_in_ms, f.rtt_ms),
 }
 
 
@@ -566,8 +565,8 @@ def _decode_punch(body: bytes) -> Punch:
     _at_least(body, 33, "PUNCH")
     host, port, end = _read_address(body, 32)
     _exact(body[end:], _PUNCH_TAIL.size, "PUNCH tail")
-    start_at, rtt = _PUNCH_TAIL.unpack_from(body, end)
-    return Punch(body[:32], host, port, start_at, rtt)
+    start_in, rtt = _PUNCH_TAIL.unpack_from(body, end)
+    return Punch(body[:32], host, port, start_in, rtt)
 
 
 def _decode_pex(body: bytes) -> Pex:

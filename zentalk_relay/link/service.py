@@ -64,6 +64,8 @@ class LinkHub:
         self._replays: OrderedDict[bytes, float] = OrderedDict()
         self._rtt_observer = rtt_observer
         self._drained: list[Deferred] = []
+        self._sessions: OrderedDict[bytes, tuple[Authenticated, float]] = OrderedDict()
+        self.router = None  # set by the node when delivery is built
         self.accepting = True
 
     # -- admission -----------------------------------------------------------
@@ -78,6 +80,23 @@ class LinkHub:
         if len(self._pending) >= self.config.pending_handshakes:
             return ErrorCode.TOO_MANY_PENDING_HANDSHAKES, "too many handshakes in progress"
         return None
+
+    def adopt(self, adapter: LinkAdapter) -> LinkAdapter:
+        """Take an outbound link (the mesh's) under the hub's accounting."""
+        self.adapters.add(adapter)
+        self._pending.add(adapter)
+        return adapter
+
+    def _resume(self, token: bytes) -> Authenticated | None:
+        """The session a token resumes, once; None if unknown or expired."""
+        now = self.reactor.seconds()
+        while self._sessions:
+            oldest = next(iter(self._sessions.values()))
+            if oldest[1] > now:
+                break
+            self._sessions.popitem(last=False)
+        found = self._sessions.pop(token, None)
+        return None if found is None else found[0]
 
     def _fresh_handshake(self, ephemeral: bytes) -> bool:
         now = self.reactor.seconds()
@@ -105,7 +124,7 @@ class LinkHub:
                 initiator=False, role=Role.RELAY, signing_key=self.identity.signing_key, carrier=carrier,
                 settings=self.settings, now=now, stats=self.stats,
                 static_private=bytes(self.identity.link_key), accept_roles=accept,
-                replay_check=self._fresh_handshake, refuse=refusal,
+                replay_check=self._fresh_handshake, refuse=refusal, resume_check=self._resume,
             )
 
         if carrier is Carrier.NOISE_MESSAGES:
@@ -130,12 +149,19 @@ class LinkHub:
             adapter.close(ErrorCode.TOO_MANY_LINKS_FOR_PEER, "this node id has as many links as it may")
             return
         links.append(adapter)
+        if event.role is Role.CLIENT and not adapter.conn.initiator:
+            self._sessions[event.session_token] = (event, self.reactor.seconds() + self.config.session_ttl)
+        if self.router is not None:
+            self.router.authenticated(adapter, event)
 
     def frame_received(self, adapter: LinkAdapter, frame) -> None:
-        if type(frame) is Send:
+        if self.router is not None:
+            self.router.handle(adapter, frame)
+        elif type(frame) is Send:
             self._route(adapter, frame)
 
     def _route(self, sender: LinkAdapter, send: Send) -> None:
+        """Delivery without a mailbox: to a connected recipient or refused."""
         links = self.by_peer.get(send.recipient)
         if not links:
             sender.send(Receipt(send.message_id, ReceiptStatus.REFUSED, ErrorCode.UNKNOWN_RECIPIENT))
@@ -167,6 +193,8 @@ class LinkHub:
     def link_lost(self, adapter: LinkAdapter) -> None:
         """The transport is gone: release what the link held."""
         self.link_closed(adapter, ErrorCode.NORMAL, "", True)
+        if self.router is not None:
+            self.router.link_lost(adapter)
         if adapter not in self.adapters:
             return
         self.adapters.discard(adapter)

@@ -50,6 +50,8 @@ from .frames import (
     Ping,
     Pong,
     Receipt,
+    Resume,
+    Resumed,
     Role,
     Send,
     WindowUpdate,
@@ -136,6 +138,7 @@ class Authenticated:
     capabilities: int
     features: tuple[str, ...]
     session_token: bytes
+    resumed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +198,8 @@ class LinkConnection:
         replay_check: Callable[[bytes], bool] | None = None,
         session_token: Callable[[bytes], bytes] | None = None,
         refuse: tuple[ErrorCode, str] | None = None,
+        resume: Authenticated | None = None,
+        resume_check: Callable[[bytes], Authenticated | None] | None = None,
     ) -> None:
         self.initiator = initiator
         self.role = role
@@ -217,6 +222,10 @@ class LinkConnection:
         self._replay_check = replay_check
         self._make_token = session_token
         self._refuse = refuse
+        self._resume = resume  # initiator: the session to resume
+        self._resume_check = resume_check  # responder: token -> the session it resumes
+        self._resume_tried = False
+        self._resume_token: bytes | None = None
         self._created = now
 
         if carrier is Carrier.TLS_STREAM:
@@ -382,10 +391,16 @@ class LinkConnection:
             # A limit was hit: say so on the secure channel, then go.
             return self._close(*self._refuse, by_peer=False)
         if self.initiator:
-            s = self.settings
-            self._queue(Hello(self.role, s.versions, s.capabilities, s.features), Priority.CONTROL)
-            self._queue(AuthChallenge(self._our_challenge), Priority.CONTROL)
+            if self._resume is not None:
+                self._queue(Resume(self._resume.session_token, self._our_challenge), Priority.CONTROL)
+            else:
+                self._send_hello()
         return []
+
+    def _send_hello(self) -> None:
+        s = self.settings
+        self._queue(Hello(self.role, s.versions, s.capabilities, s.features), Priority.CONTROL)
+        self._queue(AuthChallenge(self._our_challenge), Priority.CONTROL)
 
     # -- frames --------------------------------------------------------------
 
@@ -397,6 +412,10 @@ class LinkConnection:
             return self._close(ErrorCode.NORMAL, frame.reason, by_peer=True, peer_code=frame.code)
         if kind is Hello and not self.initiator and not self._hello_done:
             return self._hello(frame)
+        if kind is Resume and not self.initiator and not self._hello_done and not self._resume_tried:
+            return self._resume_requested(frame, now)
+        if kind is Resumed and self.initiator and self._resume is not None and self._resume_token is None:
+            return self._resume_answered(frame)
         if kind is HelloAck and self.initiator and not self._hello_done:
             return self._hello_ack(frame)
         if kind is AuthChallenge and self._hello_done and not self._challenge_answered:
@@ -404,7 +423,7 @@ class LinkConnection:
             side = auth.INITIATOR if self.initiator else auth.RESPONDER
             self._queue(auth.respond(self._key, side, frame.nonce, _ms(now), self._binding), Priority.CONTROL)
             return []
-        if kind is AuthResponse and self._hello_done and not self._peer_verified:
+        if kind is AuthResponse and not self._peer_verified and (self._hello_done or self._resume_token):
             return self._auth_response(frame, now)
         if kind is AuthOk and self.initiator and self._peer_verified:
             return self._activate(now, frame.session_token)
@@ -447,21 +466,53 @@ class LinkConnection:
             return self._close(error.code, error.detail, by_peer=False)
         self._peer_verified = True
         if self.initiator:
+            if self._resume_token is not None:
+                previous = self._resume
+                self._settle(previous.role, previous.version, previous.capabilities, previous.features)
+                return self._activate(now, self._resume_token, resumed=True)
             return []
         token = self._make_token(self.peer_id) if self._make_token is not None else self._rng(32)
         self._queue(AuthOk(token), Priority.CONTROL)
         return self._activate(now, token)
 
-    def _activate(self, now: float, token: bytes) -> list[Event]:
+    def _resume_requested(self, resume: Resume, now: float) -> list[Event]:
+        self._resume_tried = True
+        session = self._resume_check(resume.token) if self._resume_check is not None else None
+        if session is None:
+            self.stats.count(self.stats.handshakes, "resume_rejected")
+            self._queue(Resumed(False, bytes(32)), Priority.CONTROL)
+            return []  # the client goes on with HELLO on this same link
+        self.peer_id = session.peer_id
+        self.peer_role = session.role
+        self.version = session.version
+        self.capabilities = session.capabilities
+        self.features = session.features
+        self._hello_done = True
+        self._peer_verified = True
+        token = self._make_token(session.peer_id) if self._make_token is not None else self._rng(32)
+        self._queue(Resumed(True, token), Priority.CONTROL)
+        self._queue(auth.respond(self._key, auth.RESPONDER, resume.nonce, _ms(now), self._binding), Priority.CONTROL)
+        return self._activate(now, token, resumed=True)
+
+    def _resume_answered(self, resumed: Resumed) -> list[Event]:
+        if resumed.accepted:
+            self._resume_token = resumed.token
+            return []
+        self._resume = None
+        self._send_hello()
+        return []
+
+    def _activate(self, now: float, token: bytes, resumed: bool = False) -> list[Event]:
         self.state = State.ACTIVE
         if self._window != INITIAL_WINDOW:
             self._queue(WindowUpdate(self._window, 0), Priority.CONTROL)
         self._deadline_handshake = None
         self._idle_check_at = now + self.settings.idle_after
         self._schedule_ping(now)
-        self.stats.count(self.stats.handshakes, "success")
+        self.stats.count(self.stats.handshakes, "resumed" if resumed else "success")
         assert self.peer_id is not None and self.peer_role is not None and self.version is not None
-        return [Authenticated(self.peer_id, self.peer_role, self.version, self.capabilities, self.features, token)]
+        return [Authenticated(self.peer_id, self.peer_role, self.version, self.capabilities, self.features, token,
+                              resumed)]
 
     def _active_frame(self, frame: frames.Frame, now: float) -> list[Event]:
         kind = type(frame)
@@ -471,11 +522,13 @@ class LinkConnection:
                 return self._close(ErrorCode.FLOW_VIOLATION, "more messages than the window allows", by_peer=False)
             self._idle_check_at = now + self.settings.idle_after
             self.idle = False
-            if kind is Send and not self._buckets["messages"].take(now):
+            # Relays forward for many clients: only client links are rate limited.
+            if kind is not Deliver and self.peer_role is Role.CLIENT and not self._buckets["messages"].take(now):
                 self._consumed(1)
                 retry = self._buckets["messages"].retry_after(now)
-                self._queue(Receipt(frame.message_id, frames.ReceiptStatus.REFUSED, ErrorCode.RATE_LIMITED),
-                            Priority.MESSAGE)
+                if kind is Send:
+                    self._queue(Receipt(frame.message_id, frames.ReceiptStatus.REFUSED, ErrorCode.RATE_LIMITED),
+                                Priority.MESSAGE)
                 self._queue(FlowControl(self._window, self._received_flow, FlowReason.RATE_LIMIT,
                                         int(retry * 1000) + 1), Priority.CONTROL)
                 return []
@@ -490,7 +543,7 @@ class LinkConnection:
             return self._window_update(frame, now)
         if kind is Close:
             return self._close(ErrorCode.NORMAL, frame.reason, by_peer=True, peer_code=frame.code)
-        if kind in (Receipt, Error, frames.Pex):
+        if kind in _APPLICATION:
             if kind is frames.Pex and not self._buckets["pex"].take(now):
                 self._queue(Error(ErrorCode.RATE_LIMITED, "one PEX request per minute"), Priority.BACKGROUND)
                 return []
@@ -689,6 +742,11 @@ class LinkConnection:
         for unit in units:
             self.stats.bytes_out += len(unit)
         return units
+
+
+#: Frames handed to the owner as they are once the link is active.
+_APPLICATION = (Receipt, Error, frames.Pex, frames.SyncRequest, frames.SyncResponse, frames.Ack,
+                frames.PunchRequest, frames.Punch)
 
 
 def _negotiate(ours: tuple[int, ...], theirs: tuple[int, ...]) -> int | None:

@@ -65,16 +65,28 @@ def _plain_host(host: str) -> str:
     return host
 
 
-class BindingResponder:
-    """Answers Binding requests as RFC 8489 (and RFC 3489 for classic clients) say."""
+def _raw(attributes: tuple[tuple[int, bytes], ...]) -> bytes:
+    return b"".join(struct.pack("!HH", t, len(v)) + v + b"\x00" * (-len(v) % 4) for t, v in attributes)
 
-    def __init__(self, software: str = "", stats: BindingStats | None = None) -> None:
+
+class BindingResponder:
+    """Answers Binding requests as RFC 8489 (and RFC 3489 for classic clients) say.
+
+    With ``origin`` and ``other`` (RFC 5780, see :class:`BehaviourResponder`)
+    every success also carries RESPONSE-ORIGIN and OTHER-ADDRESS; they are
+    constant per socket, so the fast path stays a single pack.
+    """
+
+    def __init__(self, software: str = "", stats: BindingStats | None = None,
+                 origin: tuple[str, int] | None = None, other: tuple[str, int] | None = None) -> None:
         self.stats = stats if stats is not None else BindingStats()
         value = software.encode("utf-8")[:763]  # RFC 8489: fewer than 128 characters
         self._software: tuple[tuple[int, bytes], ...] = ((Attr.SOFTWARE, value),) if value else ()
-        self._software_raw = b"".join(
-            struct.pack("!HH", t, len(v)) + v + b"\x00" * (-len(v) % 4) for t, v in self._software
-        )
+        self._behaviour: tuple[tuple[int, bytes], ...] = ()
+        if origin is not None and other is not None:
+            self._behaviour = ((Attr.OTHER_ADDRESS, stun.encode_address(*other)),
+                               (Attr.RESPONSE_ORIGIN, stun.encode_address(*origin)))
+        self._software_raw = _raw(self._behaviour + self._software)
         self._length_v4 = 12 + len(self._software_raw) + 8
         self._length_v6 = 24 + len(self._software_raw) + 8
 
@@ -110,6 +122,14 @@ class BindingResponder:
         except StunError as error:
             self.stats.dropped[error.reason] += 1
             return None
+        return self.answer(message, host, port)
+
+    def answer(self, message: stun.Message, host: str, port: int, change_honoured: bool = False) -> bytes | None:
+        """The reply to a decoded message from ``host:port``.
+
+        ``change_honoured``: the caller sends the reply from the socket a
+        CHANGE-REQUEST asked for (RFC 5780), so the attribute is understood.
+        """
         method = _METHOD_NAMES.get(message.method, "other")
         if message.cls is MessageClass.INDICATION:
             # A Binding indication is a keep-alive: RFC 8489 wants no answer.
@@ -122,7 +142,7 @@ class BindingResponder:
             self.stats.requests[method, "error"] += 1
             return self._error(message, 400, "Unsupported method")
         unknown = message.unknown_required()
-        if message.find(Attr.CHANGE_REQUEST) is not None:
+        if message.find(Attr.CHANGE_REQUEST) is not None and not change_honoured:
             # RFC 5780: without an alternate address the server cannot honour
             # CHANGE-REQUEST and must say so with 420.
             unknown.append(Attr.CHANGE_REQUEST)
@@ -140,7 +160,7 @@ class BindingResponder:
         else:
             mapped = ((Attr.XOR_MAPPED_ADDRESS, stun.encode_xor_address(host, port, message.transaction_id)),)
         return stun.encode(
-            Method.BINDING, MessageClass.SUCCESS, message.transaction_id, mapped + self._software
+            Method.BINDING, MessageClass.SUCCESS, message.transaction_id, mapped + self._behaviour + self._software
         )
 
     def _error(
@@ -148,3 +168,60 @@ class BindingResponder:
     ) -> bytes:
         attributes = ((Attr.ERROR_CODE, stun.encode_error_code(code, reason)),) + extra + self._software
         return stun.encode(message.method, MessageClass.ERROR, message.transaction_id, attributes)
+
+
+#: RFC 5780 CHANGE-REQUEST flags.
+CHANGE_IP = 0x04
+CHANGE_PORT = 0x02
+
+
+class BehaviourResponder:
+    """RFC 5780 behaviour discovery over four sockets.
+
+    ``addresses`` are the sockets' addresses indexed by role: 0 is the
+    primary A:P1, 1 is A:P2 (alternate port), 2 is B:P1 (alternate IP), 3 is
+    B:P2. Flipping bit 1 of a role changes the IP, flipping bit 0 the port.
+    A success names in OTHER-ADDRESS the address that differs in both IP and
+    port from the one the request reached, and in RESPONSE-ORIGIN the socket
+    that sends it. :meth:`respond` returns the reply and the role of the
+    socket to send it from.
+    """
+
+    def __init__(self, software: str, stats: BindingStats, addresses: list[tuple[str, int]]) -> None:
+        if len(addresses) != 4:
+            raise ValueError("RFC 5780 needs four addresses: A:P1, A:P2, B:P1, B:P2")
+        self.addresses = list(addresses)
+        self.stats = stats
+        self._responders = [
+            BindingResponder(software, stats, origin=addresses[role], other=addresses[role ^ 3]) for role in range(4)
+        ]
+        # A reply sent from another socket still names the other address of
+        # the socket the request reached: [receiving role][sending role].
+        self._changed = [
+            [BindingResponder(software, stats, origin=addresses[target], other=addresses[role ^ 3])
+             for target in range(4)]
+            for role in range(4)
+        ]
+
+    def respond(self, data: bytes, source: tuple, role: int) -> tuple[bytes, int] | None:
+        responder = self._responders[role]
+        if len(data) == 20:  # no attributes, so no CHANGE-REQUEST: the fast path
+            reply = responder.respond(data, source)
+            return None if reply is None else (reply, role)
+        try:
+            message = stun.decode(data)
+        except StunError as error:
+            self.stats.dropped[error.reason] += 1
+            return None
+        value = message.get(Attr.CHANGE_REQUEST)
+        host, port = _plain_host(source[0]), source[1]
+        if value is None or message.cls is not MessageClass.REQUEST or message.method != Method.BINDING:
+            reply = responder.answer(message, host, port)
+            return None if reply is None else (reply, role)
+        if len(value) != 4:
+            self.stats.requests["binding", "error"] += 1
+            return responder._error(message, 400, "Bad CHANGE-REQUEST"), role
+        flags = value[3]
+        target = role ^ ((2 if flags & CHANGE_IP else 0) | (1 if flags & CHANGE_PORT else 0))
+        reply = self._changed[role][target].answer(message, host, port, change_honoured=True)
+        return None if reply is None else (reply, target)

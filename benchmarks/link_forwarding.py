@@ -1,0 +1,423 @@
+#!/usr/bin/env python3
+"""Link forwarding benchmark: messages/s and latency through one relay node vs a bare forwarder.
+
+    python benchmarks/link_forwarding.py [--window 1024] [--size 1024] [--duration 5] [--warmup 1]
+                                         [--fractions 0.5,0.9] [--drivers lean] [--profile py-spy]
+                                         [--json]
+
+Two authenticated links (a sender and a receiver, in one load process pinned to
+the load CPU) exchange ``--size``-byte messages through the node pinned to the
+server CPU: the sender sends SEND frames addressed to the receiver's node id,
+the node delivers each as a DELIVER and answers the sender with a RECEIPT. At
+most ``--window`` messages are outstanding. Phases on the same links: the
+closed-loop peak, then open-loop sends at each ``--fractions`` of that peak.
+The reference, in the same run: bare_forwarder.py (Twisted, length prefix,
+no crypto) driven by the same driver in its no-crypto mode with the same
+window and size. Prints a table and the ratio ours / bare at peak (target
+>= 0.5). See benchmarks/README.md.
+
+All traffic goes to 127.0.0.1; every phase, drain and wait is bounded; every
+process started is stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import linkbench  # noqa: E402
+from linkbench import HERE, HOST, log  # noqa: E402
+
+TARGET_RATIO = 0.5
+LABELS = {"lean": "zentalk-relay", "conn": "zentalk-relay", "client": "zentalk-relay", "bare": "bare-forwarder"}
+DRIVER_NOTES = {
+    "lean": "lean driver (LinkConnection handshake, records of 15 SENDs on the link's cipher states)",
+    "conn": "LinkConnection.send/pull/receive_data for every message",
+    "client": "the reference client (zentalk_relay.client.link) on Twisted",
+    "bare": "no-crypto driver, u32 length prefix",
+}
+
+
+def settle(args, what: str) -> None:
+    """Before a measured run: let the machine go quiet (bounded), and say so if it did not."""
+    if args.quiet_wait <= 0:
+        return
+    quiet, waited = linkbench.wait_quiet(args.quiet_wait)
+    if not quiet:
+        log(f"  note: other processes kept using CPU for {waited:.0f} s; measuring {what} anyway")
+    elif waited > 3:
+        log(f"  waited {waited:.0f} s for other processes to go quiet")
+
+
+def run_driver(mode: str, port: int, server_pid: int, args, phases: list[str], bootstrap: str | None = None,
+               extra: list[str] | None = None, quiet_first: bool = True) -> dict:
+    if quiet_first:
+        settle(args, mode)
+    cmd = ["taskset", "-c", str(args.load_cpu), sys.executable, str(HERE / "link_load.py"),
+           "--mode", mode, "--port", str(port), "--window", str(args.window), "--size", str(args.size),
+           "--window-initial", str(args.window_initial), "--phases", ",".join(phases),
+           "--duration", str(args.duration), "--warmup", str(args.warmup),
+           "--max-messages", str(args.max_messages), "--server-pid", str(server_pid),
+           "--time-limit", str(budget(args, phases))]
+    if bootstrap:
+        cmd += ["--bootstrap", bootstrap]
+    cmd += extra or []
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=budget(args, phases) + 60,
+                         env=linkbench.checkout_env())
+    lines = res.stdout.strip().splitlines()
+    if not lines:
+        raise RuntimeError(f"link_load.py {mode} printed nothing (exit {res.returncode}):\n{res.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def budget(args, phases) -> float:
+    return len(phases) * (args.warmup + args.duration + 15) + 30
+
+
+def start_bare(tmp: Path, args):
+    logfile = tmp / "bare.log"
+    out = open(logfile, "wb")
+    proc = subprocess.Popen(["taskset", "-c", str(args.server_cpu), sys.executable, str(HERE / "bare_forwarder.py"),
+                             HOST, "0", "--prefix", "4"], stdin=subprocess.DEVNULL, stdout=out,
+                            stderr=subprocess.STDOUT, cwd=tmp)
+    out.close()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"bare_forwarder.py exited {proc.returncode}:\n{linkbench.tail(logfile)}")
+        m = re.search(r"listening on [\d.]+:(\d+)", logfile.read_text(errors="replace"))
+        if m:
+            return proc, int(m.group(1))
+        time.sleep(0.05)
+    linkbench.stop(proc)
+    raise RuntimeError("bare_forwarder.py did not listen within 15 s")
+
+
+def node_settings(args) -> list[str]:
+    return list(linkbench.BENCH_SETTINGS) + [f"link.window_initial={args.window_initial}"]
+
+
+def bench_ours(mode: str, args, phases: list[str]) -> tuple[dict | None, str | None, dict]:
+    extra_info: dict = {}
+    with tempfile.TemporaryDirectory(prefix="linkfwd-") as tmp:
+        node = linkbench.Node(Path(tmp), args.server_cpu, node_settings(args))
+        try:
+            node.start()
+            log(f"[zentalk-relay/{mode}] node pid {node.pid} on cpu {args.server_cpu}, link port {node.link_port}")
+            result = run_driver(mode, node.link_port, node.pid, args, phases, str(node.bootstrap))
+            extra_info["node_rss_kib"] = linkbench.rss_kib(node.pid)
+            try:
+                extra_info["refusals"] = node.metric("zentalk_link_refusals_total")
+                extra_info["closes"] = node.metric("zentalk_link_closes_total")
+            except OSError:
+                pass
+            if not node.alive():
+                return result, f"the node died:\n{node.log_tail()}", extra_info
+            return result, None, extra_info
+        except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError) as error:
+            return None, f"zentalk-relay ({mode}): {error}", extra_info
+        finally:
+            node.stop()
+
+
+def bench_bare(args, phases: list[str]) -> tuple[dict | None, str | None]:
+    with tempfile.TemporaryDirectory(prefix="linkfwd-bare-") as tmp:
+        proc = None
+        try:
+            proc, port = start_bare(Path(tmp), args)
+            log(f"[bare-forwarder] pid {proc.pid} on cpu {args.server_cpu}, port {port}")
+            return run_driver("bare", port, proc.pid, args, phases), None
+        except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError) as error:
+            return None, f"bare-forwarder: {error}"
+        finally:
+            if proc is not None:
+                linkbench.stop(proc)
+
+
+def profile_ours(args) -> dict:
+    """One more closed-loop peak run of the node under a profiler; returns a summary."""
+    import shutil
+
+    with tempfile.TemporaryDirectory(prefix="linkfwd-prof-") as tmp:
+        tmp = Path(tmp)
+        twistd_args = []
+        stats_file = tmp / "node.pstats"
+        if args.profile == "cprofile":
+            twistd_args = [f"--profile={stats_file}", "--profiler=cprofile", "--savestats"]
+        node = linkbench.Node(tmp, args.server_cpu, node_settings(args), twistd_args=twistd_args)
+        spy = None
+        try:
+            node.start()
+            log(f"[profile/{args.profile}] node pid {node.pid}")
+            if args.profile == "py-spy":
+                if shutil.which("py-spy") is None:
+                    return {"error": "py-spy not found (pip install py-spy)"}
+                raw = tmp / "node.raw"
+                # the driver's warm-up is 1 s; sample the measured part only
+                spy_cmd = ["py-spy", "record", "-p", str(node.pid), "-d", str(max(1, int(args.duration))),
+                           "-r", "250", "--format", "raw", "-o", str(raw)]
+
+                def start_spy():
+                    time.sleep(args.warmup + 0.5)
+                    return subprocess.Popen(spy_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                            cwd=tmp)
+
+                import threading
+
+                settle(args, "the profile")
+                holder = {}
+                t = threading.Thread(target=lambda: holder.setdefault("p", start_spy()), daemon=True)
+                t.start()
+                result = run_driver(args.drivers[0], node.link_port, node.pid, args, ["peak"], str(node.bootstrap),
+                                    quiet_first=False)
+                t.join(timeout=30)
+                spy = holder.get("p")
+                if spy is not None:
+                    try:
+                        spy.wait(timeout=args.duration + 30)
+                    except subprocess.TimeoutExpired:
+                        linkbench.stop(spy)
+                if not raw.exists():
+                    return {"error": "py-spy wrote nothing", "driver": result}
+                summary = linkbench.summarize_collapsed(raw, top=200)
+                return {"tool": "py-spy", "driver": result, "summary": summary}
+            result = run_driver(args.drivers[0], node.link_port, node.pid, args, ["peak"], str(node.bootstrap))
+            node.stop()
+            return {"tool": "cprofile", "driver": result, "summary": cprofile_summary(stats_file, result)}
+        finally:
+            node.stop()
+            if spy is not None and spy.poll() is None:
+                linkbench.stop(spy)
+
+
+def cprofile_summary(path: Path, result: dict) -> dict:
+    import io
+    import pstats
+
+    if not path.exists():
+        return {"error": "twistd wrote no profile"}
+    stats = pstats.Stats(str(path), stream=io.StringIO())
+    delivered = max(1, result.get("delivered") or 1)
+    rows = []
+    for (filename, line, name), (cc, nc, tt, ct, _) in stats.stats.items():
+        short = linkbench._frame_name(f"{name} ({filename}:{line})")
+        rows.append((short, nc, tt, ct))
+    # time blocked in epoll is idle, not work: leave it out of the shares
+    idle = sum(r[2] for r in rows if "of 'select.epoll' objects" in r[0])
+    rows = [r for r in rows if "of 'select.epoll' objects" not in r[0]]
+    total = sum(r[2] for r in rows) or 1.0
+    by_tottime = sorted(rows, key=lambda r: -r[2])[:40]
+    return {
+        "delivered": result.get("delivered"),
+        "total_s": round(total, 3),
+        "idle_s": round(idle, 3),
+        "rows": [{"function": r[0], "calls": r[1], "calls_per_message": round(r[1] / delivered, 3),
+                  "tottime_pct": round(100 * r[2] / total, 1), "cumtime_pct": round(100 * r[3] / total, 1)}
+                 for r in by_tottime],
+    }
+
+
+def format_profile(prof: dict) -> str:
+    if "error" in prof:
+        return f"profile: {prof['error']}"
+    if prof["tool"] == "py-spy":
+        s = prof["summary"]
+        zt = [(n, p) for n, p in s["inclusive"] if "zentalk_relay" in n or "doWrite" in n or "doRead" in n]
+        lines = [f"py-spy, {s['samples']} samples of the node at the closed-loop peak "
+                 f"({prof['driver']['phases'][0]['rate']:,.0f} msg/s under the profiler)",
+                 "  self %  function"]
+        lines += [f"  {p:6.1f}  {n}" for n, p in s["self"][:20]]
+        lines.append("  incl %  function")
+        lines += [f"  {p:6.1f}  {n}" for n, p in zt[:25]]
+        return "\n".join(lines)
+    s = prof["summary"]
+    if "error" in s:
+        return f"profile: {s['error']}"
+    lines = [f"cProfile of the node over its life, {s['delivered']:,} messages delivered, {s['total_s']:.1f} s busy "
+             f"(idle in epoll left out); cProfile's own overhead inflates small functions",
+             "  tottime %  cum %  calls/msg  function"]
+    lines += [f"  {r['tottime_pct']:9.1f}  {r['cumtime_pct']:5.1f}  {r['calls_per_message']:9.3f}  {r['function']}"
+              for r in s["rows"][:30]]
+    return "\n".join(lines)
+
+
+# -- report -----------------------------------------------------------------------------
+
+
+def disturbed(result: dict | None, args) -> bool:
+    return result is None or any(linkbench.disturbance(p, args.server_cpu) > linkbench.DISTURBED
+                                 for p in result.get("phases", []))
+
+
+def with_retries(run, args, what: str):
+    """Run a measurement; if others took CPU during it, run it again (at most --retries times)."""
+    result = run()
+    for attempt in range(args.retries):
+        if result[0] is None or not disturbed(result[0], args):
+            break
+        log(f"  {what}: disturbed by other processes, measuring again ({attempt + 1}/{args.retries})")
+        result = run()
+    return result
+
+
+def flags(p: dict, args) -> str:
+    out = ""
+    if linkbench.disturbance(p, args.server_cpu) > linkbench.DISTURBED:
+        out += "!"  # others took CPU during the phase
+    if p.get("target_rate") is None and p.get("gen_cpu") is not None and p["gen_cpu"] > 0.9:
+        out += "*"  # the load driver was (nearly) saturated at the peak
+    if p.get("target_rate") is not None and p.get("behind_s", 0) > 0.05:
+        out += "~"  # the open-loop sender fell behind its schedule
+    return out
+
+
+def format_table(runs: list[dict], args) -> str:
+    head = ["server", "driver", "phase", "msg/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms",
+            f"cpu{args.server_cpu} busy", "srv cpu", "gen cpu", "other", "flags"]
+    body = []
+    for run in runs:
+        for p in run["result"].get("phases", []):
+            cpus = p.get("cpus") or {}
+            busy = cpus.get(str(args.server_cpu), cpus.get(args.server_cpu, {})).get("busy")
+            name = p["phase"] if p.get("target_rate") is None else f"{p['phase']} ({p['target_rate']:,.0f}/s)"
+            body.append([
+                LABELS[run["mode"]], run["mode"], name, f"{p['rate']:,.0f}",
+                _ms(p["p50_ms"]), _ms(p["p99_ms"]), _ms(p["p999_ms"]), _ms(p["max_ms"]),
+                "n/a" if busy is None else f"{busy:.2f}",
+                "n/a" if p.get("srv_cpu") is None else f"{p['srv_cpu']:.2f}",
+                "n/a" if p.get("gen_cpu") is None else f"{p['gen_cpu']:.2f}",
+                f"{linkbench.disturbance(p, args.server_cpu):.2f}",
+                flags(p, args),
+            ])
+    return linkbench.table(head, body, left=(0, 1, 2, 12))
+
+
+def _ms(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--window", type=int, default=1024, help="messages outstanding at most (default 1024)")
+    p.add_argument("--size", type=int, default=1024, help="message body bytes (default 1024)")
+    p.add_argument("--duration", type=float, default=5.0, help="measured seconds per phase (default 5)")
+    p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each phase (default 1)")
+    p.add_argument("--fractions", default="0.5,0.9",
+                   help="open-loop phases as fractions of the measured peak (default 0.5,0.9)")
+    p.add_argument("--drivers", default="lean",
+                   help="drivers for the node, comma-separated, first is the headline: lean, conn, client "
+                        "(default lean; the others run the peak phase only)")
+    p.add_argument("--window-initial", type=int, default=0,
+                   help="link.window_initial for the node and the driver (default max(1000, 4 x window), "
+                        "at most 10000)")
+    p.add_argument("--max-messages", type=int, default=50_000_000, help="hard cap per driver run")
+    p.add_argument("--server-cpu", type=int, default=0)
+    p.add_argument("--load-cpu", type=int, default=1)
+    p.add_argument("--quiet-wait", type=float, default=60.0,
+                   help="before each run, wait up to this many seconds for other processes to stop using CPU "
+                        "(default 60; 0: do not wait)")
+    p.add_argument("--retries", type=int, default=2,
+                   help="measure a server again when other processes took CPU during its run (default 2)")
+    p.add_argument("--skip-bare", action="store_true", help="do not run the reference")
+    p.add_argument("--profile", choices=("none", "py-spy", "cprofile"), default="none",
+                   help="after the measured runs, profile the node in one more peak run and print where the "
+                        "time goes")
+    p.add_argument("--json", action="store_true", help="print machine-readable results on stdout")
+    a = p.parse_args(argv)
+    a.fractions = [float(x) for x in a.fractions.split(",") if x.strip()]
+    a.drivers = [x.strip() for x in a.drivers.split(",") if x.strip()]
+    if any(d not in ("lean", "conn", "client") for d in a.drivers) or not a.drivers:
+        p.error("--drivers takes lean, conn, client")
+    if not 1 <= a.window <= 50_000 or not 8 <= a.size <= 60_000:
+        p.error("--window must be 1..50000 and --size 8..60000")
+    if not 0.5 <= a.duration <= 600 or not 0 <= a.warmup <= 60:
+        p.error("--duration must be 0.5..600 and --warmup 0..60")
+    if any(not 0 < f < 1.5 for f in a.fractions):
+        p.error("--fractions must be in (0, 1.5)")
+    if not a.window_initial:
+        a.window_initial = min(10000, max(1000, 4 * a.window))
+    linkbench.check_cpus(a.server_cpu, a.load_cpu)
+    return a
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    phases = ["peak"] + [f"{f:g}" for f in args.fractions]
+    runs, errors, info = [], [], {}
+    for i, mode in enumerate(args.drivers):
+        result, error, extra = with_retries(
+            lambda: bench_ours(mode, args, phases if i == 0 and mode != "client" else ["peak"]), args, mode)
+        if result is not None:
+            runs.append({"mode": mode, "result": result, "node": extra})
+            errors += [f"{mode}: {e}" for e in result.get("errors", [])]
+        if error:
+            errors.append(error)
+    if not args.skip_bare:
+        result, error = with_retries(lambda: bench_bare(args, phases), args, "bare")
+        if result is not None:
+            runs.append({"mode": "bare", "result": result})
+            errors += [f"bare: {e}" for e in result.get("errors", [])]
+        if error:
+            errors.append(error)
+
+    def peak(mode):
+        for run in runs:
+            if run["mode"] == mode and run["result"].get("phases"):
+                return run["result"]["phases"][0]["rate"]
+        return None
+
+    ours, bare = peak(args.drivers[0]), peak("bare")
+    ratio = round(ours / bare, 3) if ours and bare else None
+    profile = profile_ours(args) if args.profile != "none" else None
+
+    if args.json:
+        doc = {
+            "benchmark": "link_forwarding",
+            "params": {"window": args.window, "size": args.size, "duration_s": args.duration,
+                       "warmup_s": args.warmup, "fractions": args.fractions, "window_initial": args.window_initial,
+                       "server_cpu": args.server_cpu, "load_cpu": args.load_cpu, "drivers": args.drivers},
+            "env": linkbench.env_info(),
+            "runs": runs,
+            "ratio_peak": ratio,
+            "target_ratio": TARGET_RATIO,
+            "profile": profile,
+            "errors": errors,
+        }
+        print(json.dumps(doc, indent=2))
+    else:
+        print()
+        print(f"Link forwarding: {args.size}-byte messages, at most {args.window} outstanding, "
+              f"link.window_initial {args.window_initial}; {args.duration:g} s measured after {args.warmup:g} s "
+              f"warm-up per phase; server on CPU {args.server_cpu}, load driver on CPU {args.load_cpu}")
+        print(format_table(runs, args))
+        for mode in args.drivers + ([] if args.skip_bare else ["bare"]):
+            print(f"  {mode}: {DRIVER_NOTES[mode]}")
+        print("  latency: send (closed loop) or scheduled send (open loop) to the receiver's read, one clock; "
+              f"cpu{args.server_cpu} busy includes softirq; other: CPU taken by other processes, in cores (the "
+              "larger of their /proc times and the server CPU's busy time not charged to the server)")
+        if any(flags(p, args) for r in runs for p in r["result"].get("phases", [])):
+            print(f"  flags: ! other processes took > {linkbench.DISTURBED:g} of a core (numbers disturbed; rerun on a "
+                  "quiet machine); "
+                  "* load driver > 90 % busy at the peak; ~ open-loop sender fell behind its schedule")
+        if ratio is not None:
+            verdict = "meets" if ratio >= TARGET_RATIO else "BELOW"
+            print(f"\nratio at peak, zentalk-relay / bare-forwarder: {ours:,.0f} / {bare:,.0f} = {ratio:.3f} "
+                  f"({verdict} the target {TARGET_RATIO})")
+        if profile is not None:
+            print()
+            print(format_profile(profile))
+        for e in errors:
+            print(f"error: {e.splitlines()[0]}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

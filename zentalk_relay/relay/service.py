@@ -1,0 +1,436 @@
+"""Delivery's Twisted shell: the mailbox thread, routing of application frames, the relay mesh.
+
+- :class:`MailboxWriter` owns the SQLite store in one thread. Writes queue up
+  while a commit is in flight and go together in the next one (group
+  commit); each sender is acknowledged only when its commit returns.
+- :class:`Router` decides what each application frame from a link means:
+  SEND and a final onion hop deliver to a connected recipient or its
+  mailbox; an onion packet for another relay goes over the mesh; SYNC and
+  ACK read and empty the owner's mailbox; PUNCH_REQUEST coordinates a
+  direct connection between two clients of this relay.
+- :class:`Mesh` opens and keeps authenticated links to the relays it must
+  forward to (ClientService, backoff 1, 2, 4 … 30 s), within a pool size,
+  and closes the ones that fall idle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+from ..bootstrap import Bootstrap
+from ..config import MailboxConfig, MeshConfig
+from ..identity import Identity
+from ..link.frames import (
+    Ack,
+    Deliver,
+    ErrorCode,
+    MailboxMessage,
+    Onion,
+    Punch,
+    PunchRequest,
+    Receipt,
+    ReceiptStatus,
+    Role,
+    Send,
+    SyncRequest,
+    SyncResponse,
+)
+from ..link.protocol import LinkAdapter, StreamLinkProtocol
+from ..link.service import LinkHub
+from ..link.session import Authenticated, Carrier, LinkConnection, Priority
+from ..logs import logger
+from . import delivery, onion
+from .mailbox import Limits, MailboxStore, Page, PutResult
+
+log = logger(__name__)
+
+MAILBOX_FILE = "mailbox.sqlite3"
+#: Margin added to the slower side's RTT before both start punching.
+PUNCH_MARGIN = 0.2
+
+
+@dataclass(slots=True)
+class RelayStats:
+    """Counts for metrics, kept as plain integers."""
+
+    onion: dict[str, int] = field(default_factory=dict)  # forwarded / delivered / stored / cover
+    dropped: dict[str, int] = field(default_factory=dict)  # by reason
+    punches: int = 0
+
+    def count(self, table: dict[str, int], key: str) -> None:
+        table[key] = table.get(key, 0) + 1
+
+
+# -- mailbox ---------------------------------------------------------------
+
+
+class MailboxWriter(Service):
+    """The mailbox store behind one thread, with group commit."""
+
+    def __init__(self, reactor, path, config: MailboxConfig) -> None:
+        self._reactor = reactor
+        self._path = path
+        self._limits = Limits(ttl=config.ttl, max_message_bytes=config.max_message_bytes,
+                              per_recipient_messages=config.per_recipient_messages,
+                              per_recipient_bytes=config.per_recipient_bytes, total_bytes=config.total_bytes)
+        self._purge_interval = config.purge_interval
+        self._pool = ThreadPool(1, 1, "zentalk-mailbox")
+        self.store: MailboxStore | None = None
+        self._pending: list[tuple[tuple[bytes, bytes, bytes], Deferred]] = []
+        self._in_flight: Deferred | None = None
+        self._flush_waiters: list[Deferred] = []
+        self._purger: LoopingCall | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        # Opening is quick and must succeed before the node says it is ready.
+        self.store = MailboxStore(self._path, self._limits)
+        self._pool.start()
+        self._purger = LoopingCall(self.purge)
+        self._purger.clock = self._reactor
+        self._purger.start(self._purge_interval, now=False)
+
+    def stopService(self):
+        super().stopService()
+        if self._purger is not None and self._purger.running:
+            self._purger.stop()
+
+        def close(_=None):
+            self._pool.stop()
+            if self.store is not None:
+                self.store.close()
+                self.store = None
+
+        return self.flushed().addBoth(close)
+
+    def flushed(self) -> Deferred:
+        """Fires when every message handed to :meth:`put` so far is committed."""
+        if self._in_flight is None and not self._pending:
+            return succeed(None)
+        waiting: Deferred = Deferred()
+        self._flush_waiters.append(waiting)
+        return waiting
+
+    def _run(self, function, *args) -> Deferred:
+        return deferToThreadPool(self._reactor, self._pool, function, *args)
+
+    def put(self, recipient: bytes, message_id: bytes, body: bytes) -> Deferred:
+        """Fires with a PutResult once the message is on disk (or refused)."""
+        waiting: Deferred = Deferred()
+        self._pending.append(((recipient, message_id, body), waiting))
+        if self._in_flight is None:
+            self._commit()
+        return waiting
+
+    def _commit(self) -> None:
+        batch, self._pending = self._pending, []
+        items = [item for item, _ in batch]
+        self._in_flight = self._run(self.store.put_many, items, self._reactor.seconds())
+
+        def done(results):
+            for (_, waiting), result in zip(batch, results):
+                waiting.callback(result)
+
+        def failed(failure):
+            log.failure("mailbox write failed", failure)
+            for _, waiting in batch:
+                waiting.errback(failure)
+
+        def next_batch(_):
+            self._in_flight = None
+            if self._pending:
+                self._commit()
+                return
+            waiters, self._flush_waiters = self._flush_waiters, []
+            for waiting in waiters:
+                waiting.callback(None)
+
+        self._in_flight.addCallbacks(done, failed).addBoth(next_batch)
+
+    def fetch(self, recipient: bytes, cursor: int, limit: int) -> Deferred:
+        return self._run(self.store.fetch, recipient, cursor, limit, self._reactor.seconds())
+
+    def acknowledge(self, recipient: bytes, message_ids: list[bytes]) -> Deferred:
+        return self._run(self.store.acknowledge, recipient, message_ids, self._reactor.seconds())
+
+    def purge(self) -> Deferred:
+        return self._run(self.store.purge, self._reactor.seconds()).addErrback(
+            lambda failure: log.failure("mailbox purge failed", failure))
+
+
+# -- mesh ------------------------------------------------------------------
+
+
+class Mesh(MultiService):
+    """Outbound links to other relays, opened on demand and kept with backoff."""
+
+    def __init__(self, reactor, hub: LinkHub, identity: Identity, config: MeshConfig, stats: RelayStats) -> None:
+        super().__init__()
+        self._reactor = reactor
+        self._hub = hub
+        self._identity = identity
+        self._config = config
+        self._stats = stats
+        self.directory: dict[bytes, Bootstrap] = {}
+        self._clients: dict[bytes, ClientService] = {}
+        self._waiting: dict[bytes, deque] = {}
+        self._last_used: dict[bytes, float] = {}
+        self._sweeper: LoopingCall | None = None
+        from ..bootstrap import parse
+
+        for text in config.peers:
+            known = parse(text)
+            self.directory[hashlib.sha256(known.ed25519_public).digest()] = known
+
+    def startService(self) -> None:
+        super().startService()
+        self._sweeper = LoopingCall(self._close_idle)
+        self._sweeper.clock = self._reactor
+        self._sweeper.start(min(60.0, self._config.idle_timeout), now=False)
+
+    def stopService(self):
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        return super().stopService()
+
+    def links_up(self) -> int:
+        return sum(1 for links in self._hub.by_peer.values()
+                   for adapter in links if adapter.conn is not None and adapter.conn.peer_role is Role.RELAY)
+
+    def forward(self, node_id: bytes, frame) -> None:
+        self._last_used[node_id] = self._reactor.seconds()
+        for adapter in reversed(self._hub.by_peer.get(node_id, ())):
+            if adapter.conn is not None and adapter.conn.peer_role is Role.RELAY:
+                if adapter.send(frame):
+                    self._stats.count(self._stats.onion, "forwarded")
+                else:
+                    self._stats.count(self._stats.dropped, "next_hop_busy")
+                return
+        if node_id not in self.directory:
+            self._stats.count(self._stats.dropped, "unknown_next_hop")
+            return
+        queue = self._waiting.setdefault(node_id, deque())
+        if len(queue) >= self._config.queue:
+            self._stats.count(self._stats.dropped, "mesh_queue_full")
+            return
+        queue.append(frame)
+        self._open(node_id)
+
+    def _open(self, node_id: bytes) -> None:
+        if node_id in self._clients:
+            return
+        if len(self._clients) >= self._config.max_links:
+            self._stats.count(self._stats.dropped, "mesh_pool_full")
+            self._waiting.pop(node_id, None)
+            return
+        known = self.directory[node_id]
+        host, port = known.addresses[0]
+        endpoint_class = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
+        endpoint = endpoint_class(self._reactor, host, port, timeout=5)
+        hub, identity, settings = self._hub, self._identity, self._hub.settings
+
+        def make(now: float) -> LinkConnection:
+            return LinkConnection(initiator=True, role=Role.RELAY, signing_key=identity.signing_key,
+                                  carrier=Carrier.NOISE_STREAM, settings=settings, now=now, stats=hub.stats,
+                                  remote_static=known.link_public, expected_peer_id=node_id)
+
+        class _Factory(Factory):
+            noisy = False
+
+            def buildProtocol(self, addr):
+                return hub.adopt(StreamLinkProtocol(hub.reactor, hub, make, tls=False))
+
+        client = ClientService(endpoint, _Factory(), retryPolicy=backoffPolicy(1.0, 30.0, 2.0, jitter=lambda: 0.0),
+                               clock=self._reactor)
+        self._clients[node_id] = client
+        client.setServiceParent(self)
+
+    def relay_authenticated(self, adapter: LinkAdapter, event: Authenticated) -> None:
+        """A relay link is up (either direction): send what waited for it."""
+        queue = self._waiting.pop(event.peer_id, None)
+        while queue:
+            frame = queue.popleft()
+            if adapter.send(frame):
+                self._stats.count(self._stats.onion, "forwarded")
+            else:
+                self._stats.count(self._stats.dropped, "next_hop_busy")
+
+    def _close_idle(self) -> None:
+        now = self._reactor.seconds()
+        for node_id, client in list(self._clients.items()):
+            if now - self._last_used.get(node_id, now) >= self._config.idle_timeout and not self._waiting.get(node_id):
+                del self._clients[node_id]
+                self._last_used.pop(node_id, None)
+                client.disownServiceParent()
+
+
+# -- routing ---------------------------------------------------------------
+
+
+class Router:
+    """What the application frames of authenticated links mean at this relay."""
+
+    def __init__(self, reactor, hub: LinkHub, mailbox: MailboxWriter, mesh: Mesh, keyring: onion.OnionKeyring,
+                 replay: onion.ReplayCache, stats: RelayStats,
+                 hop_latency: Callable[[float], None] = lambda seconds: None) -> None:
+        self._reactor = reactor
+        self._hub = hub
+        self._mailbox = mailbox
+        self._mesh = mesh
+        self.keyring = keyring
+        self._replay = replay
+        self.stats = stats
+        self._hop_latency = hop_latency
+        self._clock = reactor.seconds
+        self._punch_requests: dict[bytes, tuple[str, int]] = {}
+        # DELIVERs a client has not acknowledged yet, per link: if the link
+        # drops first, they go to the mailbox instead of being lost
+        self._unacked: dict[LinkAdapter, dict[bytes, tuple[bytes, bytes]]] = {}
+
+    # called by the hub
+    def authenticated(self, adapter: LinkAdapter, event: Authenticated) -> None:
+        if event.role is Role.RELAY:
+            self._mesh.relay_authenticated(adapter, event)
+        elif event.resumed:
+            # A resumed session gets what it missed without asking: the mailbox, pushed.
+            self._sync(adapter, SyncRequest(0, 100))
+
+    def link_lost(self, adapter: LinkAdapter) -> None:
+        waiting = self._unacked.pop(adapter, None)
+        if waiting:
+            for message_id, (recipient, body) in waiting.items():
+                self._mailbox.put(recipient, message_id, body)
+
+    def handle(self, adapter: LinkAdapter, frame) -> None:
+        kind = type(frame)
+        if kind is Send:
+            self._deliver(frame.recipient, frame.message_id, frame.body, adapter)
+        elif kind is Onion:
+            self._onion(adapter, frame)
+        elif kind is SyncRequest:
+            self._sync(adapter, frame)
+        elif kind is Ack:
+            self._ack(adapter, frame)
+        elif kind is PunchRequest:
+            self._punch(adapter, frame)
+
+    # -- delivery ------------------------------------------------------------
+
+    def _client_link(self, address: bytes) -> LinkAdapter | None:
+        for adapter in reversed(self._hub.by_peer.get(address, ())):
+            if adapter.conn is not None and adapter.conn.peer_role is Role.CLIENT:
+                return adapter
+        return None
+
+    def _deliver(self, recipient: bytes, message_id: bytes, body: bytes, sender: LinkAdapter | None) -> None:
+        """To the recipient's link if it is here and has room, else into its mailbox."""
+        target = self._client_link(recipient)
+        if target is not None and target.send(Deliver(message_id, body)):
+            self._unacked.setdefault(target, {})[message_id] = (recipient, body)
+            if sender is not None:
+                sender.send(Receipt(message_id, ReceiptStatus.DELIVERED))
+            else:
+                self.stats.count(self.stats.onion, "delivered")
+            return
+        stored = self._mailbox.put(recipient, message_id, body)
+
+        def answer(result: PutResult) -> None:
+            if sender is None:
+                self.stats.count(self.stats.onion if result in (PutResult.STORED, PutResult.DUPLICATE)
+                                 else self.stats.dropped, "stored" if result in (
+                                     PutResult.STORED, PutResult.DUPLICATE) else result.value)
+                return
+            if result in (PutResult.STORED, PutResult.DUPLICATE):
+                sender.send(Receipt(message_id, ReceiptStatus.STORED))
+            elif result is PutResult.TOO_LARGE:
+                sender.send(Receipt(message_id, ReceiptStatus.REFUSED, ErrorCode.MESSAGE_TOO_LARGE))
+            else:
+                sender.send(Receipt(message_id, ReceiptStatus.REFUSED, ErrorCode.MAILBOX_FULL))
+
+        stored.addCallback(answer)
+        stored.addErrback(lambda failure: sender.send(
+            Receipt(message_id, ReceiptStatus.REFUSED, ErrorCode.MAILBOX_FULL)) if sender else None)
+
+    def _onion(self, adapter: LinkAdapter, frame: Onion) -> None:
+        started = self._clock()
+        try:
+            result = onion.process_packet(frame.packet, self.keyring, self._replay, started)
+        except onion.OnionError as error:
+            self.stats.count(self.stats.dropped, error.reason)
+            return
+        self._hop_latency(self._clock() - started)
+        kind = type(result)
+        if kind is onion.Forwarded:
+            self._mesh.forward(result.next_node_id, Onion(result.packet))
+        elif kind is onion.Delivered:
+            try:
+                message_id, body = delivery.decode(result.payload)
+            except delivery.DeliveryError:
+                self.stats.count(self.stats.dropped, "bad_payload")
+                return
+            self._deliver(result.address, message_id, body, None)
+        else:
+            self.stats.count(self.stats.onion, "cover")
+
+    # -- mailbox -------------------------------------------------------------
+
+    def _sync(self, adapter: LinkAdapter, request: SyncRequest) -> None:
+        owner = adapter.conn.peer_id
+
+        def answer(page: Page) -> None:
+            messages = tuple(MailboxMessage(m.message_id, int(m.stored_at * 1000), m.body) for m in page.messages)
+            adapter.send(SyncResponse(page.has_more, page.next_cursor, messages), Priority.MESSAGE)
+
+        self._mailbox.fetch(owner, request.cursor, request.limit).addCallback(answer).addErrback(
+            lambda failure: log.failure("mailbox read failed", failure))
+
+    def _ack(self, adapter: LinkAdapter, ack: Ack) -> None:
+        waiting = self._unacked.get(adapter, {})
+        stored = [message_id for message_id in ack.message_ids if waiting.pop(message_id, None) is None]
+        if stored:
+            self._mailbox.acknowledge(adapter.conn.peer_id, stored).addErrback(
+                lambda failure: log.failure("mailbox acknowledgement failed", failure))
+
+    # -- hole punching -------------------------------------------------------
+
+    def _punch(self, adapter: LinkAdapter, request: PunchRequest) -> None:
+        """Tell both clients where the other is and when to start, after the slower RTT."""
+        peer = self._client_link(request.peer)
+        if peer is None or adapter.conn is None or peer.conn is None:
+            adapter.send(Receipt(bytes(16), ReceiptStatus.REFUSED, ErrorCode.PEER_NOT_CONNECTED))
+            return
+        self.stats.punches += 1
+        self._punch_requests[adapter.conn.peer_id] = (request.udp_host, request.udp_port)
+        other = self._punch_requests.get(request.peer)
+        if other is None:
+            return  # wait for the other side's request, which carries its candidate
+        rtt_here = adapter.conn.last_rtt or 0.0
+        rtt_there = peer.conn.last_rtt or 0.0
+        # both start at the same moment: now + the slower side's RTT + a margin,
+        # each told as a delay less its own one-way trip
+        start = max(rtt_here, rtt_there) + PUNCH_MARGIN
+        mine = self._punch_requests.pop(adapter.conn.peer_id)
+        theirs = self._punch_requests.pop(request.peer)
+        for link, candidate, peer_id, rtt in ((adapter, theirs, request.peer, rtt_here),
+                                              (peer, mine, adapter.conn.peer_id, rtt_there)):
+            host, port = candidate if candidate[0] else (self._observed(peer if link is adapter else adapter))
+            delay = int((start - rtt / 2) * 1000)
+            link.send(Punch(peer_id, host, port, delay, int(rtt * 1000)), Priority.CONTROL)
+
+    @staticmethod
+    def _observed(adapter: LinkAdapter) -> tuple[str, int]:
+        address = adapter.peer_address
+        return (getattr(address, "host", ""), getattr(address, "port", 0))
+
