@@ -121,6 +121,74 @@ class NodeConfig:
                              doc="Lowest level of the node's own log events: debug, info, warn, error, critical.")
 
 
+def _check_ip_addresses(values: tuple[str, ...]) -> None:
+    families = set()
+    for value in values:
+        try:
+            family = ipaddress.ip_address(value).version
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address") from None
+        if family in families:
+            raise ValueError(f"more than one IPv{family} address")
+        families.add(family)
+
+
+def _check_relay_addresses(values: tuple[str, ...]) -> None:
+    families = set()
+    for value in values:
+        advertised, _, bind = value.partition("/")
+        try:
+            versions = {ipaddress.ip_address(advertised).version, ipaddress.ip_address(bind or advertised).version}
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address or public/local pair of them") from None
+        if len(versions) != 1:
+            raise ValueError(f"{value!r} mixes IPv4 and IPv6")
+        if (bind or advertised) in ("0.0.0.0", "::"):
+            raise ValueError(f"{value!r}: relayed sockets need a specific address")
+        family = versions.pop()
+        if family in families:
+            raise ValueError(f"more than one IPv{family} relay address")
+        families.add(family)
+
+
+def _check_networks(values: tuple[str, ...]) -> None:
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP network like 192.0.2.0/24 or 2001:db8::/32") from None
+
+
+def _check_port(value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ValueError(f"{value} is not 0-65535")
+
+
+def _check_relay_port(value: int) -> None:
+    if not 1024 <= value <= 65535:
+        raise ValueError(f"{value} is not 1024-65535")
+
+
+def _check_non_negative(value: int) -> None:
+    if value < 0:
+        raise ValueError(f"{value} is negative")
+
+
+def _check_realm(value: str) -> None:
+    if not value or len(value) >= 128:
+        raise ValueError("REALM must be 1-127 characters (RFC 8489)")
+
+
+def _check_nat_streams(values: tuple[str, ...]) -> None:
+    for value in values:
+        _check_stream_endpoint(value)
+
+
+def _check_nat_stream(value: str) -> None:
+    if value:
+        _check_stream_endpoint(value)
+
+
 @dataclass(frozen=True, slots=True)
 class StunConfig:
     enabled: bool = setting(True, doc="Serve STUN Binding over UDP.")
@@ -132,6 +200,57 @@ class StunConfig:
                             doc="SOFTWARE attribute in responses; empty to send none.")
     socket_buffer: int = setting(4 * 1024 * 1024, check=_check_positive,
                                  doc="Requested SO_RCVBUF and SO_SNDBUF in bytes, so bursts are not dropped by the kernel.")
+    tcp: tuple[str, ...] = setting((), check=_check_nat_streams,
+                                   doc="Endpoint strings for STUN and TURN over TCP, e.g. `tcp:3478`; empty: none.")
+    tls: str = setting("", check=_check_nat_stream,
+                       doc="Endpoint string for STUN and TURN over TLS (1.2 or 1.3), e.g. `tcp:5349`; empty: none.")
+    tls_certificate: str = setting("", doc="PEM certificate chain for `stun.tls`.")
+    tls_private_key: str = setting("", doc="PEM private key for `stun.tls` (keep it mode 0600).")
+    alternate_addresses: tuple[str, ...] = setting(
+        (), check=_check_ip_addresses,
+        doc="A second IP address per family for RFC 5780 behaviour discovery (OTHER-ADDRESS, CHANGE-REQUEST, "
+            "RESPONSE-ORIGIN), paired with the first specific `stun.udp` address of that family. Empty: off, "
+            "and CHANGE-REQUEST gets 420.")
+    alternate_port: int = setting(3479, check=_check_port,
+                                  doc="The second port for RFC 5780, on both addresses; 0 picks a free one.")
+
+
+@dataclass(frozen=True, slots=True)
+class TurnConfig:
+    enabled: bool = setting(False, doc="Serve TURN (RFC 8656) relayed allocations on the STUN listeners "
+                                       "(`stun.udp`, `stun.tcp`, `stun.tls`). Needs `turn.users_file` or "
+                                       "`turn.secret_file`.")
+    realm: str = setting("zentalk", check=_check_realm, doc="REALM of the long-term credentials.")
+    users_file: str = setting("", doc="Static users, one `name:password` per line; mode 0600. Empty: none.")
+    secret_file: str = setting("", doc="TURN REST API shared secrets, one per line (the first signs, every one "
+                                       "verifies); mode 0600. Empty: none.")
+    nonce_lifetime: int = setting(600, check=_check_positive,
+                                  doc="Seconds a NONCE is good for; then requests get 438 Stale Nonce.")
+    relay_addresses: tuple[str, ...] = setting(
+        (), check=_check_relay_addresses,
+        doc="Addresses relayed sockets bind to, at most one IPv4 and one IPv6; `public/local` advertises "
+            "`public` while binding `local` (behind 1:1 NAT). Empty: the specific `stun.udp` addresses.")
+    port_min: int = setting(49152, check=_check_relay_port, doc="Lowest port of a relayed socket.")
+    port_max: int = setting(65535, check=_check_relay_port, doc="Highest port of a relayed socket.")
+    default_lifetime: int = setting(600, check=_check_positive, doc="Seconds an allocation lives unless refreshed.")
+    max_lifetime: int = setting(3600, check=_check_positive, doc="Longest lifetime a client may ask for.")
+    allocations_per_user: int = setting(5, check=_check_positive,
+                                        doc="Allocations one user name holds at once; more get 486.")
+    max_allocations: int = setting(10000, check=_check_positive, doc="Allocations held at once; more get 508.")
+    allocation_bandwidth: int = setting(1_000_000, check=_check_non_negative,
+                                        doc="Bits per second one allocation relays in each direction (token "
+                                            "bucket); 0: no limit.")
+    total_bandwidth: int = setting(0, check=_check_non_negative,
+                                   doc="Bits per second all allocations relay together in each direction; 0: no limit.")
+    allowed_peer_ranges: tuple[str, ...] = setting(
+        (), check=_check_networks,
+        doc="Peer networks allowed although the policy refuses them (loopback, private, link-local, the node's "
+            "own ports...), e.g. `10.20.0.0/16`. `127.0.0.0/8` is for tests.")
+    denied_peer_ranges: tuple[str, ...] = setting((), check=_check_networks,
+                                                  doc="Peer networks refused on top of the built-in policy.")
+    challenges_per_second: int = setting(10, check=_check_positive,
+                                         doc="401 answers per second to one source IP, to limit reflection.")
+    challenge_burst: int = setting(20, check=_check_positive, doc="401 answers at once to one source IP.")
 
 
 def _check_stream_endpoints(values: tuple[str, ...]) -> None:
@@ -232,6 +351,7 @@ class MetricsConfig:
 class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
     stun: StunConfig = field(default_factory=StunConfig)
+    turn: TurnConfig = field(default_factory=TurnConfig)
     link: LinkConfig = field(default_factory=LinkConfig)
     mailbox: MailboxConfig = field(default_factory=MailboxConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
@@ -361,7 +481,19 @@ def load(path: Path | None = None, overrides: list[tuple[str, str, Any]] = ()) -
     for origin, key, value in overrides:
         _apply(values, origin, key, value)
     sections = {name: cls(**values.get(name, {})) for name, cls in _sections().items()}
-    return Config(**sections)
+    config = Config(**sections)
+    _check_together(config, str(path) if path is not None else (overrides[-1][0] if overrides else "defaults"))
+    return config
+
+
+def _check_together(config: Config, origin: str) -> None:
+    """Checks that involve more than one setting."""
+    turn = config.turn
+    if turn.port_min > turn.port_max:
+        raise ConfigError(origin, "turn.port_min", f"{turn.port_min} is above turn.port_max {turn.port_max}")
+    if turn.default_lifetime > turn.max_lifetime:
+        raise ConfigError(origin, "turn.default_lifetime",
+                          f"{turn.default_lifetime} is above turn.max_lifetime {turn.max_lifetime}")
 
 
 # -- documentation ----------------------------------------------------------
