@@ -1,6 +1,6 @@
 """Onion packets processed per second at one relay, on one core, next to their primitives.
 
-    python benchmarks/onion_processing.py                  # --count 10000 --rounds 20, pinned to one CPU
+    python benchmarks/onion_processing.py          # --count 10000 --rounds 20, one CPU
     python benchmarks/onion_processing.py --count 20000 --cpu 1 --json
 
 Builds ``--count`` distinct packets per case first (each packet is processed
@@ -77,20 +77,21 @@ def _repeat(function, count: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--count", type=int, default=10000, help="packets per case (default 10000)")
-    parser.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: the first allowed)")
-    parser.add_argument("--rounds", type=int, default=20, help="rounds; the best counts (default 20)")
+    parser.add_argument("--count", type=int, default=10000, help="packets per case")
+    parser.add_argument("--rounds", type=int, default=20, help="rounds; the best one counts")
+    parser.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: the first)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
-    args.rounds = max(1, args.rounds)
-    count = max(100 * args.rounds, args.count)
+    rounds = max(1, args.rounds)
+    count = max(100 * rounds, args.count)
+    per_round = count // rounds
 
     cpu = None
     if hasattr(os, "sched_setaffinity"):
         cpu = args.cpu if args.cpu is not None else min(os.sched_getaffinity(0))
         os.sched_setaffinity(0, {cpu})
 
-    # One relay under test ("here"), rotated once so that the previous key is in its overlap.
+    # The relay under test, rotated once so that its previous key is in its overlap.
     here = OnionKeyring(_key("here, epoch 0"), 0, 0.0, 3600.0)
     old_public = here.public
     here.rotate(_key("here, epoch 1"), 0.0)
@@ -98,19 +99,24 @@ def main() -> None:
     others = [OnionKeyring(_key(f"relay {i}"), 0, 0.0, 0.0) for i in range(3)]
     next_id, address = _key("next node id"), _key("address")
     payload = os.urandom(1000)
+    three = [
+        Hop(others[0].public, Instruction.FORWARD, next_id),
+        Hop(others[1].public, Instruction.FORWARD, next_id),
+        Hop(others[2].public, Instruction.DELIVER, address),
+    ]
 
     def forward_via(public: bytes) -> bytes:
-        return build_packet([Hop(public, Instruction.FORWARD, next_id), Hop(after.public, Instruction.DELIVER, address)],
-                            payload)
+        first = Hop(public, Instruction.FORWARD, next_id)
+        return build_packet([first, Hop(after.public, Instruction.DELIVER, address)], payload)
+
+    def deliver_here() -> bytes:
+        return build_packet([Hop(here.public, Instruction.DELIVER, address)], payload)
 
     print(f"building {count} packets per case ...", file=sys.stderr, flush=True)
     forward = [forward_via(here.public) for _ in range(count)]
-    deliver = [build_packet([Hop(here.public, Instruction.DELIVER, address)], payload) for _ in range(count)]
+    deliver = [deliver_here() for _ in range(count)]
     previous = [forward_via(old_public) for _ in range(count)]
     garbage = [os.urandom(PACKET_SIZE) for _ in range(count)]
-    three = [Hop(others[0].public, Instruction.FORWARD, next_id), Hop(others[1].public, Instruction.FORWARD, next_id),
-             Hop(others[2].public, Instruction.DELIVER, address)]
-    build_count = max(50, count // 5)
 
     replay = ReplayCache(4 * count)
 
@@ -123,24 +129,24 @@ def main() -> None:
         except OnionError:
             pass
 
-    # Warm up: caches, the replay tables, OpenSSL's first contexts.
+    # Warm up: the replay table, OpenSSL's first contexts.
     for packet in (forward_via(here.public), forward_via(here.public)):
         process(packet)
 
     # Primitives alone and the cases, interleaved in rounds over disjoint packets; the
     # best round of each counts (a shared machine's noise only ever adds time).
     scalar, point = _key("scalar"), crypto_scalarmult_base(_key("point"))
-    header, body, ikm = os.urandom(KEY_SIZE + ROUTING_SIZE), os.urandom(PAYLOAD_SIZE - 16), os.urandom(64)
-    zeros = bytes(STREAM_SIZE)
-    nonce = bytes(16)
-    per_round = count // args.rounds
+    header, body = os.urandom(KEY_SIZE + ROUTING_SIZE), os.urandom(PAYLOAD_SIZE - 16)
+    ikm, zeros, nonce = os.urandom(64), bytes(STREAM_SIZE), bytes(16)
     primitives = {
         "x25519": lambda: crypto_scalarmult(scalar, point),
         "x25519_base": lambda: crypto_scalarmult_base(scalar),
         "hmac_header": lambda: hmac.digest(scalar, header, "sha256"),
         "hmac_payload": lambda: hmac.digest(scalar, body, "sha256"),
         "hkdf_extract": lambda: hmac.digest(b"zentalk-onion-v1", ikm, "sha256"),
-        "chacha20": lambda: Cipher(algorithms.ChaCha20(scalar, nonce), None).encryptor().update(zeros),
+        "chacha20": lambda: Cipher(algorithms.ChaCha20(scalar, nonce), None).encryptor().update(
+            zeros
+        ),
     }
     cases = {
         "forward": (process, forward),
@@ -148,28 +154,31 @@ def main() -> None:
         "forward_previous_key": (process, previous),
         "garbage": (refused, garbage),
     }
+    builds = max(10, count // (5 * rounds))
     primitive = {key: float("inf") for key in primitives}
     measured = {key: float("inf") for key in [*cases, "build_3_hops"]}
-    for round_ in range(args.rounds):
+    for round_ in range(rounds):
         chunk = slice(round_ * per_round, (round_ + 1) * per_round)
         for key, function in primitives.items():
             primitive[key] = min(primitive[key], _repeat(function, per_round))
         for key, (function, packets) in cases.items():
             measured[key] = min(measured[key], _timed(function, packets[chunk]))
-        build = _repeat(lambda: build_packet(three, payload), max(10, build_count // args.rounds))
+        build = _repeat(lambda: build_packet(three, payload), builds)
         measured["build_3_hops"] = min(measured["build_3_hops"], build)
+    done = per_round * rounds
+    assert replay.size(1) == 2 * done + 2 and replay.size(0) == done  # every packet was new
 
-    done = per_round * args.rounds
-    assert replay.size(1) == 2 * done + 2 and replay.size(0) == done
-
-    x, base, mac_h, mac_p = (primitive[k] for k in ("x25519", "x25519_base", "hmac_header", "hmac_payload"))
-    # (X25519 operations, X25519 + MAC time) per case.
-    primitives_of = {
-        "forward": (2, 2 * x + mac_h, "2 X25519 + header MAC"),
-        "deliver": (1, x + mac_h + mac_p, "1 X25519 + header MAC + payload MAC"),
-        "forward_previous_key": (3, 3 * x + 2 * mac_h, "3 X25519 + 2 header MACs"),
-        "garbage": (2, 2 * x + 2 * mac_h, "2 X25519 + 2 header MACs (both keys)"),
-        "build_3_hops": (9, base + 8 * x + 3 * mac_h + mac_p, "1 base + 8 X25519 + 3 header MACs + payload MAC"),
+    x, base = primitive["x25519"], primitive["x25519_base"]
+    mac_h, mac_p = primitive["hmac_header"], primitive["hmac_payload"]
+    # Per case: (time of its X25519 operations, time of its MACs, what they are).
+    parts = {
+        "forward": (2 * x, mac_h, "2 X25519 + header MAC"),
+        "deliver": (x, mac_h + mac_p, "1 X25519 + header MAC + payload MAC"),
+        "forward_previous_key": (3 * x, 2 * mac_h, "3 X25519 + 2 header MACs"),
+        "garbage": (2 * x, 2 * mac_h, "2 X25519 + 2 header MACs (both keys tried)"),
+        "build_3_hops": (
+            base + 8 * x, 3 * mac_h + mac_p, "1 base + 8 X25519 + 3 header MACs + payload MAC"
+        ),
     }
     labels = {
         "x25519": "X25519 (crypto_scalarmult)",
@@ -184,46 +193,59 @@ def main() -> None:
         "garbage": "process_packet, random bytes (bad_mac)",
         "build_3_hops": "build_packet, 3 hops",
     }
-
     environment = {
         "python": platform.python_version(),
         "machine": platform.machine(),
         "processor": _cpu_model(),
         "pinned_cpu": cpu,
         "count": count,
-        "rounds": args.rounds,
+        "rounds": rounds,
         "packet_size": PACKET_SIZE,
         "header_size": HEADER_SIZE,
         "max_payload": MAX_PAYLOAD,
         "payload_overhead": PAYLOAD_OVERHEAD,
     }
+    rows = {}
+    for key, seconds in measured.items():
+        x_time, mac_time, what = parts[key]
+        rows[key] = {
+            "us": seconds * 1e6,
+            "per_second": 1 / seconds,
+            "x25519_mac_us": (x_time + mac_time) * 1e6,
+            "ratio": seconds / (x_time + mac_time),
+            "x25519_share": x_time / seconds,
+            "x25519_mac": what,
+        }
     if args.json:
-        print(json.dumps({
+        document = {
             "environment": environment,
-            "primitives_us": {k: v * 1e6 for k, v in primitive.items()},
-            "cases": {k: {"us": v * 1e6, "per_second": 1 / v, "primitives_us": primitives_of[k][1] * 1e6,
-                          "ratio": v / primitives_of[k][1], "x25519_share": primitives_of[k][0] * x / v}
-                      for k, v in measured.items()},
-        }, indent=2))
+            "primitives_us": {key: value * 1e6 for key, value in primitive.items()},
+            "cases": rows,
+        }
+        print(json.dumps(document, indent=2))
         return
 
-    print(f"onion processing: {environment['processor']}, Python {environment['python']}, "
-          f"pinned to CPU {cpu}; {count} packets per case in {args.rounds} rounds, best round shown; "
-          f"packet {PACKET_SIZE} B, max payload {MAX_PAYLOAD} B")
+    print(
+        f"onion processing: {environment['processor']}, Python {environment['python']}, "
+        f"CPU {cpu}; {count} packets per case in {rounds} rounds, best round shown; "
+        f"packet {PACKET_SIZE} B, max payload {MAX_PAYLOAD} B"
+    )
     print()
     print(f"{'primitive':52} {'µs/op':>8} {'ops/s':>9}")
     for key, seconds in primitive.items():
         print(f"{labels[key]:52} {seconds * 1e6:8.2f} {1 / seconds:9.0f}")
     print()
-    print(f"{'case':52} {'µs/op':>8} {'ops/s':>9} {'X25519+MAC µs':>14} {'ratio':>6} {'x25519 share':>13}")
-    for key, seconds in measured.items():
-        operations, alone, what = primitives_of[key]
-        share = (operations * x if key != "build_3_hops" else base + 8 * x) / seconds
-        print(f"{labels[key]:52} {seconds * 1e6:8.2f} {1 / seconds:9.0f} {alone * 1e6:14.2f} "
-              f"{seconds / alone:6.2f} {share:12.0%}")
+    heading = f"{'X25519+MAC µs':>14} {'ratio':>6} {'X25519 share':>13}"
+    print(f"{'case':52} {'µs/op':>8} {'ops/s':>9} {heading}")
+    for key, row in rows.items():
+        print(
+            f"{labels[key]:52} {row['us']:8.2f} {row['per_second']:9.0f} "
+            f"{row['x25519_mac_us']:14.2f} {row['ratio']:6.2f} {row['x25519_share']:13.0%}"
+        )
     print()
-    for key in measured:
-        print(f"  {labels[key]}: X25519+MAC = {primitives_of[key][2]}")
+    print("X25519+MAC: the case's X25519 and MAC operations timed alone; ratio = case / that.")
+    for key, row in rows.items():
+        print(f"  {labels[key]}: {row['x25519_mac']}")
 
 
 def _cpu_model() -> str:

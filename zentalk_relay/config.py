@@ -330,6 +330,16 @@ class MailboxConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OnionConfig:
+    rotation_interval: float = setting(7 * 24 * 3600.0, check=_check_positive,
+                                       doc="Seconds between onion key rotations; each key also bounds the replay memory.")
+    overlap: float = setting(24 * 3600.0, check=_check_positive,
+                             doc="Seconds the previous onion key still opens packets after a rotation.")
+    replay_entries: int = setting(1_000_000, check=_check_positive,
+                                  doc="Replay tags remembered per onion key (16 bytes each); rotate before it fills.")
+
+
+@dataclass(frozen=True, slots=True)
 class MeshConfig:
     peers: tuple[str, ...] = setting((), check=_check_bootstraps,
                                      doc="Bootstrap strings (`ztr1:...@host:port`) of relays this node may forward to.")
@@ -354,6 +364,7 @@ class Config:
     turn: TurnConfig = field(default_factory=TurnConfig)
     link: LinkConfig = field(default_factory=LinkConfig)
     mailbox: MailboxConfig = field(default_factory=MailboxConfig)
+    onion: OnionConfig = field(default_factory=OnionConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 

@@ -129,6 +129,34 @@ def _load_or_create(keys: Path, kind: str, create: bool) -> tuple[bytes, bool]:
     return secret, True
 
 
+PREVIOUS_ONION = "onion.prev.key"
+ONION_STATE = "onion.json"
+
+
+def rotate_onion_key(data_dir: Path) -> PrivateKey:
+    """Make a new onion key current; the old one moves to ``onion.prev.key``."""
+    keys = data_dir / KEYS_DIR
+    current = keys / _FILES["x25519-onion"]
+    fresh = os.urandom(32)
+    staged = keys / "onion.next.key"
+    staged.unlink(missing_ok=True)
+    _write_new(staged, _encode("x25519-onion", fresh))
+    os.replace(current, keys / PREVIOUS_ONION)
+    os.replace(staged, current)
+    return PrivateKey(fresh)
+
+
+def load_previous_onion_key(data_dir: Path) -> PrivateKey | None:
+    path = data_dir / KEYS_DIR / PREVIOUS_ONION
+    if not path.exists():
+        return None
+    return PrivateKey(_read(path, "x25519-onion"))
+
+
+def forget_previous_onion_key(data_dir: Path) -> None:
+    (data_dir / KEYS_DIR / PREVIOUS_ONION).unlink(missing_ok=True)
+
+
 def load_identity(data_dir: Path, create: bool = True) -> tuple[Identity, list[str]]:
     """The node's identity, creating missing keys when ``create``.
 

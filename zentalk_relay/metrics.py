@@ -31,6 +31,7 @@ from . import __version__
 from .link.frames import FRAME_NAMES
 from .link.session import LinkStats
 from .nat.binding import DROP_REASONS, BindingStats
+from .nat import turn as _turn
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -56,6 +57,61 @@ class _StunCollector(Collector):
             labels=["reason"],
         )
         reasons = dict.fromkeys(DROP_REASONS, 0)
+        reasons.update(self._stats.dropped)
+        for reason, value in sorted(reasons.items()):
+            dropped.add_metric([reason], value)
+        yield dropped
+
+
+class _TurnCollector(Collector):
+    def __init__(self, stats: "_turn.TurnStats", gauges: Callable[[], dict]) -> None:
+        self._stats = stats
+        self._gauges = gauges
+
+    def collect(self) -> Iterable:
+        live = self._gauges()
+        allocations = GaugeMetricFamily("zentalk_turn_allocations", "TURN allocations held now, by client "
+                                        "transport and relayed address family.", labels=["transport", "family"])
+        counts = {(transport, family): 0 for transport in ("udp", "tcp", "tls") for family in ("ipv4", "ipv6")}
+        counts.update(live["allocations"])
+        for (transport, family), value in sorted(counts.items()):
+            allocations.add_metric([transport, family], value)
+        yield allocations
+        yield GaugeMetricFamily("zentalk_turn_permissions", "TURN permissions held now.", value=live["permissions"])
+        yield GaugeMetricFamily("zentalk_turn_channels", "TURN channels bound now.", value=live["channels"])
+        requests = dict(self._stats.requests)
+        results = CounterMetricFamily("zentalk_turn_allocations", "Allocate requests answered, by result.",
+                                      labels=["result"])
+        for result in _turn.RESULTS:
+            results.add_metric([result], requests.get(("allocate", result), 0))
+        yield results
+        by_method = CounterMetricFamily("zentalk_turn_requests", "TURN requests answered, by method and result.",
+                                        labels=["method", "result"])
+        series = {(method, "success"): 0 for method in _turn.METHODS[:-1]}
+        series.update(requests)
+        for (method, result), value in sorted(series.items()):
+            by_method.add_metric([method, result], value)
+        yield by_method
+        relayed_bytes = CounterMetricFamily("zentalk_turn_relayed_bytes", "Payload bytes relayed, by direction.",
+                                            labels=["direction"])
+        relayed_bytes.add_metric(["to_peer"], self._stats.to_peer_bytes)
+        relayed_bytes.add_metric(["to_client"], self._stats.to_client_bytes)
+        yield relayed_bytes
+        packets = CounterMetricFamily("zentalk_turn_relayed_packets", "Packets relayed, by direction.",
+                                      labels=["direction"])
+        packets.add_metric(["to_peer"], self._stats.to_peer_packets)
+        packets.add_metric(["to_client"], self._stats.to_client_packets)
+        yield packets
+        refusals = CounterMetricFamily("zentalk_turn_refusals", "Requests and packets refused by policy or a "
+                                       "limit, by reason.", labels=["reason"])
+        reasons = dict.fromkeys(_turn.REFUSAL_REASONS, 0)
+        reasons.update(self._stats.refusals)
+        for reason, value in sorted(reasons.items()):
+            refusals.add_metric([reason], value)
+        yield refusals
+        dropped = CounterMetricFamily("zentalk_turn_dropped", "TURN messages and packets dropped without an "
+                                      "answer, by reason.", labels=["reason"])
+        reasons = dict.fromkeys(_turn.DROP_REASONS, 0)
         reasons.update(self._stats.dropped)
         for reason, value in sorted(reasons.items()):
             dropped.add_metric([reason], value)
@@ -181,6 +237,9 @@ class NodeMetrics:
 
     def watch_stun(self, stats: BindingStats) -> None:
         self.registry.register(_StunCollector(stats))
+
+    def watch_turn(self, stats: "_turn.TurnStats", gauges: Callable[[], dict]) -> None:
+        self.registry.register(_TurnCollector(stats, gauges))
 
     def link_rtt_observer(self) -> Callable[[float], None]:
         rtt = Histogram("zentalk_link_rtt_seconds", "Round-trip times measured by PING/PONG.",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 from twisted.application.service import MultiService
 
@@ -24,7 +25,8 @@ from .logs import logger
 from .metrics import NodeMetrics
 from .monitoring import MonitorService
 from .nat.binding import BindingStats
-from .nat.service import NatService
+from .nat.service import CredentialsError, NatConfigError, NatService, build_nat_service
+from .nat.turn import TurnStats
 from .link.service import LinkHub, LinkService, settings_from
 from .link.session import LinkStats
 from .link.frames import Capability, capability_mask
@@ -47,6 +49,8 @@ class Node(MultiService):
         self.identity = identity
         self.metrics = metrics
         self._started_at: float | None = None
+        #: The onion key to publish: the relay's current one once delivery is built.
+        self.onion_public: Callable[[], bytes] = lambda: identity.onion_public
 
     @property
     def endpoints_file(self) -> Path:
@@ -75,7 +79,7 @@ class Node(MultiService):
             "version": __version__,
             "uptime_seconds": round(uptime, 3),
             "bootstrap": str(self.bootstrap()),
-            "onion_public": self.identity.onion_public.hex(),
+            "onion_public": self.onion_public().hex(),
             "services": {
                 service.name: {"running": bool(service.running), "endpoints": list(getattr(service, "endpoints", []))}
                 for service in self
@@ -133,7 +137,9 @@ def build_node(reactor, config: Config, identity: Identity | None = None) -> Nod
         link = _link(reactor, config, identity, metrics)
         # delivery before the link in the tree: MultiService stops children in
         # reverse, so links are drained before the mailbox is closed
-        _relay(reactor, config, identity, metrics, link.hub).setServiceParent(node)
+        relay = _relay(reactor, config, identity, metrics, link.hub)
+        relay.setServiceParent(node)
+        node.onion_public = lambda: link.hub.router.keyring.public
         link.setServiceParent(node)
     if config.metrics.enabled:
         monitor = MonitorService(reactor, config.metrics.listen, metrics, node.status, node.healthy)
@@ -146,7 +152,14 @@ def build_node(reactor, config: Config, identity: Identity | None = None) -> Nod
 def _stun(reactor, config: Config, metrics: NodeMetrics) -> NatService:
     stats = BindingStats()
     metrics.watch_stun(stats)
-    service = NatService(reactor, config.stun, stats)
+    turn_stats = TurnStats()
+    try:
+        service = build_nat_service(reactor, config.stun, config.turn, stats, turn_stats)
+    except (CredentialsError, NatConfigError) as error:
+        raise StartupError(f"zentalk-relay: {error}") from None
+    if service.turn is not None:
+        server = service.turn
+        metrics.watch_turn(turn_stats, lambda: server.gauges(reactor.seconds()))
     service.setName("stun")
     return service
 
@@ -162,8 +175,10 @@ def _link(reactor, config: Config, identity: Identity, metrics: NodeMetrics) -> 
 
 
 def _relay(reactor, config: Config, identity: Identity, metrics: NodeMetrics, hub) -> MultiService:
+    import time
+
     from .relay import onion
-    from .relay.service import MAILBOX_FILE, MailboxWriter, Mesh, RelayStats, Router
+    from .relay.service import MAILBOX_FILE, MailboxWriter, Mesh, OnionRotation, RelayStats, Router, onion_keyring
 
     stats = RelayStats()
     relay = MultiService()
@@ -172,8 +187,10 @@ def _relay(reactor, config: Config, identity: Identity, metrics: NodeMetrics, hu
     mailbox.setServiceParent(relay)
     mesh = Mesh(reactor, hub, identity, config.mesh, stats)
     mesh.setServiceParent(relay)
-    keyring = onion.OnionKeyring(bytes(identity.onion_key), epoch=0, now=reactor.seconds(), overlap=24 * 3600.0)
-    hub.router = Router(reactor, hub, mailbox, mesh, keyring, onion.ReplayCache(), stats,
-                        metrics.hop_latency_observer())
+    keyring = onion_keyring(config.node.data_dir, identity, config.onion.overlap, reactor.seconds(), time.time())
+    replay = onion.ReplayCache(config.onion.replay_entries)
+    OnionRotation(reactor, config.node.data_dir, keyring, replay, config.onion.rotation_interval,
+                  time.time).setServiceParent(relay)
+    hub.router = Router(reactor, hub, mailbox, mesh, keyring, replay, stats, metrics.hop_latency_observer())
     metrics.watch_relay(stats, mailbox, mesh.links_up)
     return relay

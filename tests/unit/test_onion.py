@@ -105,17 +105,21 @@ class Relay:
         return process_packet(packet, self.keyring, self.replay, now)
 
 
-def make_relays(count: int, label: str = "relay", epoch: int = 0, overlap: float = 60.0) -> list[Relay]:
+def make_relays(count: int, label: str = "relay", epoch: int = 0, overlap: float = 60.0):
     relays = []
     for index in range(count):
         private = hashlib.sha256(f"{label} {index} onion key".encode()).digest()
         node_id = hashlib.sha256(f"{label} {index} node id".encode()).digest()
-        relays.append(Relay(private, node_id, OnionKeyring(private, epoch, 0.0, overlap), ReplayCache(1000)))
+        keyring = OnionKeyring(private, epoch, 0.0, overlap)
+        relays.append(Relay(private, node_id, keyring, ReplayCache(1000)))
     return relays
 
 
-def path_for(relays: list[Relay], final: Instruction = Instruction.DELIVER, address: bytes = ADDRESS) -> list[Hop]:
-    hops = [Hop(r.keyring.public, Instruction.FORWARD, relays[i + 1].node_id) for i, r in enumerate(relays[:-1])]
+def path_for(relays, final=Instruction.DELIVER, address=ADDRESS) -> list[Hop]:
+    hops = [
+        Hop(relay.keyring.public, Instruction.FORWARD, after.node_id)
+        for relay, after in zip(relays, relays[1:])
+    ]
     target = ZERO if final is Instruction.DROP else address
     return hops + [Hop(relays[-1].keyring.public, final, target)]
 
@@ -163,8 +167,12 @@ def _x(a: bytes, b: bytes) -> bytes:
     return bytes(p ^ q for p, q in zip(a, b, strict=True))
 
 
-def reference_packet(publics: list[bytes], blocks: list[bytes], body: bytes, ephemeral: bytes, padding: bytes):
-    """``blocks``: each hop's 33-byte ``instruction ‖ target``; ``body``: the 1739 bytes after the payload MAC."""
+def reference_packet(publics, blocks, body, ephemeral, padding) -> bytes:
+    """A packet as docs/onion.md describes it.
+
+    ``blocks``: each hop's 33-byte ``instruction ‖ target``; ``body``: the 1739
+    bytes after the payload MAC; ``padding``: the last hop's routing padding.
+    """
     r, R = 49, 245
     alpha = crypto_scalarmult_base(ephemeral)
     alphas, secrets, streams, blindings = [], [], [], []
@@ -202,7 +210,8 @@ def reference_for(hops: list[Hop], payload: bytes, rng) -> bytes:
     ephemeral = rng(32)
     padding = rng(245 - 49 * len(hops))
     blocks = [bytes([hop.instruction]) + hop.target for hop in hops]
-    return reference_packet([hop.onion_public for hop in hops], blocks, reference_body(payload), ephemeral, padding)
+    publics = [hop.onion_public for hop in hops]
+    return reference_packet(publics, blocks, reference_body(payload), ephemeral, padding)
 
 
 # -- sizes and shapes --------------------------------------------------------------
@@ -225,7 +234,9 @@ def test_api_shapes():
     with pytest.raises(dataclasses.FrozenInstanceError):
         hop.target = ADDRESS
     assert not hasattr(hop, "__dict__")
-    assert OnionError.REASONS == {"bad_size", "bad_mac", "replay", "bad_payload", "bad_instruction", "weak_key"}
+    assert OnionError.REASONS == {
+        "bad_size", "bad_mac", "replay", "bad_payload", "bad_instruction", "weak_key"
+    }
 
 
 # -- delivery along paths of every length --------------------------------------------
@@ -245,7 +256,11 @@ def test_path_delivers_payload_intact_and_every_packet_is_packet_size(hops, size
 
 
 @settings(max_examples=40, deadline=None)
-@given(hops=st.integers(1, MAX_HOPS), payload=st.binary(max_size=MAX_PAYLOAD), address=st.binary(min_size=32, max_size=32))
+@given(
+    hops=st.integers(1, MAX_HOPS),
+    payload=st.binary(max_size=MAX_PAYLOAD),
+    address=st.binary(min_size=32, max_size=32),
+)
 def test_any_path_and_payload_round_trip(hops, payload, address):
     relays = make_relays(hops, label="hypothesis")
     _, result = walk(relays, build_packet(path_for(relays, address=address), payload))
@@ -262,7 +277,7 @@ def test_drop_instruction_yields_dropped(hops):
 
 @pytest.mark.parametrize("hops", PATH_LENGTHS)
 def test_drop_is_encoded_like_deliver(hops):
-    """Same keys, rng and payload: the two packets differ only inside beta and gamma, at every hop."""
+    """Same keys, rng and payload: the packets differ only inside beta and gamma, at every hop."""
     relays = make_relays(hops)
     deliver = build_packet(path_for(relays, Instruction.DELIVER), b"same", seeded_rng(b"x"))
     drop = build_packet(path_for(relays, Instruction.DROP), b"same", seeded_rng(b"x"))
@@ -302,7 +317,8 @@ def test_a_hop_cannot_tell_its_position(hops):
     for relay, packet in zip(relays, seen, strict=True):
         alpha = packet[:KEY_SIZE]
         keys = derive_hop_keys(crypto_scalarmult(relay.private, alpha), alpha)
-        view = _x(packet[KEY_SIZE : KEY_SIZE + ROUTING_SIZE] + bytes(BLOCK_SIZE), keys.header_stream)
+        beta = packet[KEY_SIZE : KEY_SIZE + ROUTING_SIZE]
+        view = _x(beta + bytes(BLOCK_SIZE), keys.header_stream)
         rest = view[BLOCK_SIZE:]
         assert bytes(6) not in rest, f"hop at position {seen.index(packet)} of {hops} sees zeros"
         assert len(set(rest)) > 100
@@ -330,7 +346,8 @@ def test_any_header_byte_flipped_at_any_hop_is_bad_mac_there(hops):
         for position in range(HEADER_SIZE):
             for mask in (0x01, 0x80):  # 0x80 in alpha's last byte: X25519 ignores that bit
                 tampered = flip(packet, position, mask)
-                assert reason(process_packet, tampered, relay.keyring, ReplayCache(4), NOW) == "bad_mac"
+                refused = reason(process_packet, tampered, relay.keyring, ReplayCache(4), NOW)
+                assert refused == "bad_mac", (position, mask)
 
 
 @settings(max_examples=200, deadline=None)
@@ -424,7 +441,8 @@ def test_previous_key_works_during_the_overlap_only():
     assert isinstance(first.process(old_packets[0], now=100.0), Forwarded)
     assert isinstance(first.process(old_packets[1], now=159.999), Forwarded)
     assert reason(first.process, old_packets[1], 159.999) == "replay"
-    assert reason(first.process, old_packets[2], 160.0) == "bad_mac"  # overlap over, not yet retired
+    # The overlap is over, although the key is not yet retired:
+    assert reason(first.process, old_packets[2], 160.0) == "bad_mac"
     assert isinstance(first.process(new_packet, now=160.0), Forwarded)
     assert first.replay.size(7) == 2 and first.replay.size(8) == 1
 
@@ -553,7 +571,8 @@ _HOSTILE_RELAY.keyring.rotate(hashlib.sha256(b"hostile new").digest(), now=0.0) 
 def test_random_bytes_of_any_length_raise_only_onion_error(data):
     with pytest.raises(OnionError) as caught:
         _HOSTILE_RELAY.process(data)
-    assert caught.value.reason in ({"bad_mac", "weak_key"} if len(data) == PACKET_SIZE else {"bad_size"})
+    expected = {"bad_mac", "weak_key"} if len(data) == PACKET_SIZE else {"bad_size"}
+    assert caught.value.reason in expected
 
 
 @settings(max_examples=300, deadline=None)
@@ -570,7 +589,9 @@ def test_small_order_alpha_is_weak_key(point):
 
 @settings(max_examples=200, deadline=None)
 @given(
-    changes=st.lists(st.tuples(st.integers(0, PACKET_SIZE - 1), st.integers(0, 255)), min_size=1, max_size=8),
+    changes=st.lists(
+        st.tuples(st.integers(0, PACKET_SIZE - 1), st.integers(0, 255)), min_size=1, max_size=8
+    ),
     cut=st.integers(0, PACKET_SIZE + 10),
 )
 def test_mangled_packets_raise_only_onion_error(changes, cut):
@@ -598,7 +619,8 @@ def test_bytearray_and_memoryview_are_accepted_and_other_types_are_not():
 
 
 def _authentic(relays, blocks, body):
-    return reference_packet([r.keyring.public for r in relays], blocks, body, bytes(range(32)), bytes(245 - 49 * len(blocks)))
+    publics = [r.keyring.public for r in relays]
+    return reference_packet(publics, blocks, body, bytes(range(32)), bytes(245 - 49 * len(blocks)))
 
 
 @pytest.mark.parametrize("instruction", [0, 4, 255])
@@ -666,13 +688,19 @@ def test_build_packet_refuses_malformed_paths():
 @pytest.mark.parametrize("point", SMALL_ORDER[:3], ids=lambda p: p.hex()[:8])
 def test_build_packet_refuses_a_small_order_onion_key(point):
     relays = make_relays(1)
-    hops = [Hop(relays[0].keyring.public, Instruction.FORWARD, ZERO), Hop(point, Instruction.DELIVER, ADDRESS)]
+    hops = [
+        Hop(relays[0].keyring.public, Instruction.FORWARD, ZERO),
+        Hop(point, Instruction.DELIVER, ADDRESS),
+    ]
     assert reason(build_packet, hops, b"x") == "weak_key"
 
 
 def test_build_packet_accepts_plain_ints_as_instructions():
     relays = make_relays(2)
-    hops = [Hop(relays[0].keyring.public, 1, relays[1].node_id), Hop(relays[1].keyring.public, 2, ADDRESS)]
+    hops = [
+        Hop(relays[0].keyring.public, 1, relays[1].node_id),
+        Hop(relays[1].keyring.public, 2, ADDRESS),
+    ]
     _, result = walk(relays, build_packet(hops, b"ints"))
     assert result == Delivered(ADDRESS, b"ints")
 
@@ -686,7 +714,8 @@ def test_build_packet_accepts_plain_ints_as_instructions():
 def test_build_packet_matches_the_documented_construction(hops, payload, seed, final):
     relays = make_relays(hops)
     path = path_for(relays, final)
-    assert build_packet(path, payload, seeded_rng(seed)) == reference_for(path, payload, seeded_rng(seed))
+    expected = reference_for(path, payload, seeded_rng(seed))
+    assert build_packet(path, payload, seeded_rng(seed)) == expected
 
 
 def test_hop_keys_are_slices_of_one_keystream():
@@ -695,7 +724,9 @@ def test_hop_keys_are_slices_of_one_keystream():
     key = hmac.new(b"zentalk-onion-v1", alpha + shared, "sha256").digest()
     stream = _chacha(key, 2177)
     assert keys.key == key
-    assert (keys.header_mac, keys.payload_mac, keys.blinding) == (stream[0:32], stream[32:64], stream[64:96])
+    assert keys.header_mac == stream[0:32]
+    assert keys.payload_mac == stream[32:64]
+    assert keys.blinding == stream[64:96]
     assert keys.replay_tag == stream[96:104]
     assert keys.header_stream == stream[128:422] and keys.payload_stream == stream[422:]
     assert key.hex() not in repr(keys)
@@ -718,14 +749,16 @@ def worked_example() -> str:
     packet = build_packet(hops, EXAMPLE_PAYLOAD, counter_rng())
     assert packet == reference_for(hops, EXAMPLE_PAYLOAD, counter_rng())
     out = [BEGIN, "", "Inputs:", "", "```"]
+    size = len(EXAMPLE_PAYLOAD)
     rows = []
     for i, (private, ring) in enumerate(zip(EXAMPLE_PRIVATE, rings)):
-        rows += [(f"relay {i} onion private", private.hex()), (f"relay {i} onion public", ring.public.hex())]
+        rows.append((f"relay {i} onion private", private.hex()))
+        rows.append((f"relay {i} onion public", ring.public.hex()))
     rows += [
         ("relay 1 node id", EXAMPLE_NODE_IDS[1].hex()),
         ("relay 2 node id", EXAMPLE_NODE_IDS[2].hex()),
         ("address", ADDRESS.hex()),
-        ("payload", f"{EXAMPLE_PAYLOAD.hex()} ({EXAMPLE_PAYLOAD.decode()!r}, {len(EXAMPLE_PAYLOAD)} bytes)"),
+        ("payload", f"{EXAMPLE_PAYLOAD.hex()} ({EXAMPLE_PAYLOAD.decode()!r}, {size} bytes)"),
         ("rng", "00 01 02 03 ... (a one-byte counter, mod 256, across calls)"),
         ("x = rng(32)", bytes(range(32)).hex()),
         (f"padding = rng({245 - 3 * 49})", "20 21 22 ... 81"),
@@ -742,9 +775,11 @@ def worked_example() -> str:
         alpha = packet[:KEY_SIZE]
         shared = crypto_scalarmult(EXAMPLE_PRIVATE[i], alpha)
         keys = derive_hop_keys(shared, alpha)
-        routing = _x(packet[KEY_SIZE : KEY_SIZE + ROUTING_SIZE] + bytes(BLOCK_SIZE), keys.header_stream)
+        beta = packet[KEY_SIZE : KEY_SIZE + ROUTING_SIZE]
+        routing = _x(beta + bytes(BLOCK_SIZE), keys.header_stream)
         gamma = packet[KEY_SIZE + ROUTING_SIZE : HEADER_SIZE]
-        assert gamma == hmac.new(keys.header_mac, packet[: KEY_SIZE + ROUTING_SIZE], "sha256").digest()[:16]
+        authenticated = packet[: KEY_SIZE + ROUTING_SIZE]
+        assert gamma == hmac.new(keys.header_mac, authenticated, "sha256").digest()[:16]
         out += [f"Hop {i}:", "", "```"]
         out += [
             f"alpha             {alpha.hex()}",
@@ -765,12 +800,15 @@ def worked_example() -> str:
         else:
             plain = _x(packet[HEADER_SIZE:], keys.payload_stream)
             out.append(f"payload MAC       {plain[:16].hex()}")
-            out.append(f"payload           {plain[16:18].hex()} {plain[18 : 18 + len(EXAMPLE_PAYLOAD)].hex()} 00...")
-            out.append(f"result            Delivered(address={result.address.hex()[:8]}..., payload={result.payload!r})")
+            data = plain[18 : 18 + len(EXAMPLE_PAYLOAD)]
+            out.append(f"payload           {plain[16:18].hex()} {data.hex()} 00...")
+            shown = f"address={result.address.hex()[:8]}..., payload={result.payload!r}"
+            out.append(f"result            Delivered({shown})")
         out += ["```", ""]
     first = build_packet(hops, EXAMPLE_PAYLOAD, counter_rng())
     out += [
-        f"The packet relay 0 receives ({PACKET_SIZE} bytes, SHA-256 {hashlib.sha256(first).hexdigest()}):",
+        f"The packet relay 0 receives ({PACKET_SIZE} bytes, "
+        f"SHA-256 {hashlib.sha256(first).hexdigest()}):",
         "",
         "```",
     ]
@@ -798,7 +836,8 @@ def test_worked_example_packet_in_the_document_processes():
     rings = [OnionKeyring(private, 0, 0.0, 0.0) for private in EXAMPLE_PRIVATE]
     for ring in rings[:-1]:
         packet = process_packet(packet, ring, ReplayCache(4), 0.0).packet
-    assert process_packet(packet, rings[-1], ReplayCache(4), 0.0) == Delivered(ADDRESS, EXAMPLE_PAYLOAD)
+    result = process_packet(packet, rings[-1], ReplayCache(4), 0.0)
+    assert result == Delivered(ADDRESS, EXAMPLE_PAYLOAD)
 
 
 # -- sans-IO ---------------------------------------------------------------------------
@@ -813,8 +852,8 @@ def test_onion_module_is_sans_io():
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
     assert not imported & {"twisted", "prometheus_client", "time", "random", "socket", "secrets"}
-    assert imported <= {"__future__", "hmac", "os", "struct", "array", "dataclasses", "enum", "typing",
-                        "cryptography", "nacl"}
+    allowed = {"__future__", "hmac", "os", "struct", "array", "dataclasses", "enum", "typing"}
+    assert imported <= allowed | {"cryptography", "nacl"}
 
 
 if __name__ == "__main__":

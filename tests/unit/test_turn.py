@@ -695,6 +695,13 @@ def test_stream_framer_refuses_what_is_neither(first):
         StreamFramer().receive(bytes([first, 0, 0, 0]))
 
 
+def test_stream_framer_refuses_stun_without_the_cookie():
+    framer = StreamFramer()
+    assert framer.receive(b"\x16\x03\x01\x02\x00") == []  # not enough to tell yet
+    with pytest.raises(FramingError, match="magic cookie"):
+        framer.receive(b"\x01\x00\x01")
+
+
 def test_to_client_actions_name_the_client(server):
     client = TurnClient(server)
     (action,) = client.send(client.build(Method.ALLOCATE, auth=False))

@@ -68,13 +68,15 @@ class _Relay:
 class NatHub:
     """The TURN server's hands: listener sockets, client streams, relayed sockets, one timer."""
 
-    def __init__(self, reactor, turn: TurnServer, socket_buffer: int) -> None:
+    def __init__(self, reactor, turn: TurnServer, socket_buffer: int, bind: Callable = bind_udp) -> None:
         self.reactor = reactor
         self.turn = turn
         self._buffer = socket_buffer
+        #: ``bind(host, port, buffer) -> socket``; tests pass a fake.
+        self._bind = bind
         self._udp: dict[tuple, Callable] = {}  # listener address -> its socket's sendto
         self._streams: dict[tuple, "NatStreamProtocol"] = {}
-        self._relays: dict[tuple, _Relay] = {}
+        self.relays: dict[tuple, _Relay] = {}
         self._timer = None
         self._stopped = False
 
@@ -92,12 +94,12 @@ class NatHub:
 
     @property
     def relay_count(self) -> int:
-        return len(self._relays)
+        return len(self.relays)
 
     # -- the fast paths -------------------------------------------------------------
 
     def relay_sendto(self, relay: tuple) -> Callable | None:
-        entry = self._relays.get(relay)
+        entry = self.relays.get(relay)
         return None if entry is None else entry.sock.sendto
 
     def sender_for(self, client: tuple) -> Callable[[bytes], None] | None:
@@ -127,7 +129,7 @@ class NatHub:
                     except OSError:
                         self.send_failed()
             elif kind is ToPeer:
-                entry = self._relays.get(action.relay)
+                entry = self.relays.get(action.relay)
                 if entry is not None:
                     try:
                         entry.sock.sendto(action.data, action.peer)
@@ -146,7 +148,7 @@ class NatHub:
             opened = []
             try:
                 for number in (port, port + 1) if bind.pair else (port,):
-                    opened.append((number, bind_udp(bind.host, number, self._buffer)))
+                    opened.append((number, self._bind(bind.host, number, self._buffer)))
             except OSError:
                 for _, sock in opened:
                     sock.close()
@@ -159,12 +161,12 @@ class NatHub:
                 except OSError:
                     sock.close()
                     continue
-                self._relays[key] = _Relay(sock, listening, protocol)
+                self.relays[key] = _Relay(sock, listening, protocol)
             return port
         return None
 
     def _close(self, relay: tuple) -> None:
-        entry = self._relays.pop(relay, None)
+        entry = self.relays.pop(relay, None)
         if entry is not None:
             entry.port.stopListening()
             entry.sock.close()
@@ -198,7 +200,7 @@ class NatHub:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        for relay in list(self._relays):
+        for relay in list(self.relays):
             self._close(relay)
 
 
@@ -213,7 +215,7 @@ class NatDatagramProtocol(DatagramProtocol):
         self._turn = hub.turn
         self._channel = hub.turn.channel_from_client
         self._seconds = hub.reactor.seconds
-        self._relays = hub._relays
+        self._relays = hub.relays
         self.local: tuple = ("", 0)
         self._sendto: Callable | None = None
 
@@ -265,10 +267,10 @@ class RelayProtocol(DatagramProtocol):
         if send is None:
             # The socket's client is known once its allocation exists (a
             # reserved socket gets one later than it opens).
-            allocation = self._hub.turn._by_relay.get(self._key)
-            if allocation is None:
+            client = self._hub.turn.relay_client(self._key)
+            if client is None:
                 return
-            send = self._send = self._hub.sender_for(allocation.client)
+            send = self._send = self._hub.sender_for(client)
             if send is None:
                 return
         try:

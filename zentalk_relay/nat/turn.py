@@ -99,6 +99,8 @@ METHODS = ("allocate", "refresh", "create_permission", "channel_bind", "other")
 DROP_REASONS = stun.DECODE_ERRORS + (
     "classic_stun", "unexpected_response", "unexpected_indication", "bad_indication", "no_allocation",
     "no_channel", "no_permission", "bad_channel_data", "peer_family", "dont_fragment",
+    # counted by the adapters
+    "send_failed", "client_backpressure", "bad_framing",
 )
 #: Why a request or a packet was refused by policy or a limit.
 REFUSAL_REASONS = (
@@ -116,6 +118,7 @@ _METHOD_NAMES = {
 }
 _CHANNEL_HEADER = struct.Struct("!HH")
 _U32 = struct.Struct("!I")
+_COOKIE = stun.MAGIC_COOKIE_BYTES
 
 ClientKey = tuple  # (transport, local (host, port), remote (host, port))
 RelayKey = tuple  # the relayed socket's bound (host, port)
@@ -369,6 +372,11 @@ class TurnServer:
 
     def allocation_for(self, client: ClientKey) -> Allocation | None:
         return self._by_client.get(client)
+
+    def relay_client(self, relay: RelayKey) -> ClientKey | None:
+        """The client whose allocation a relayed socket serves, if any."""
+        allocation = self._by_relay.get(relay)
+        return None if allocation is None else allocation.client
 
     @property
     def allocation_count(self) -> int:
@@ -1052,7 +1060,10 @@ class StreamFramer:
 
     A STUN message is its 20-byte header plus the length it states; a
     ChannelData message is 4 bytes plus its length, padded to a multiple of 4
-    (RFC 8656 section 12.5). The buffer never holds more than one message.
+    (RFC 8656 section 12.5). Anything else (a byte that starts neither, a STUN
+    header without the magic cookie) is a :class:`FramingError`, and the
+    adapter closes the connection. The buffer never holds more than one
+    message.
     """
 
     __slots__ = ("_buffer",)
@@ -1069,6 +1080,9 @@ class StreamFramer:
             first = buffer[offset]
             length = (buffer[offset + 2] << 8) | buffer[offset + 3]
             if first < 0x40:
+                if size - offset >= 8 and buffer[offset + 4:offset + 8] != _COOKIE:
+                    # Over a stream only RFC 5389+ STUN is defined: no magic cookie, no STUN.
+                    raise FramingError("a STUN header without the magic cookie")
                 total = 20 + length
                 padded = total
             elif first < 0x50:

@@ -132,7 +132,8 @@ _BLINDING = slice(64, 96)  # S[64:96]   blinding scalar (clamped by X25519)
 _REPLAY_TAG = slice(96, 96 + REPLAY_TAG_SIZE)  # S[96:104]  replay tag; S[104:128] unused
 #: The keys at the head of a hop's keystream.
 KEYS_SIZE = 128
-#: A hop's whole keystream: keys, then S[128:422] encrypts ``beta ‖ 0^BLOCK_SIZE``, S[422:2177] the payload.
+#: A hop's whole keystream: the keys, then S[128:422], which encrypts
+#: ``beta ‖ 0^BLOCK_SIZE``, then S[422:2177], which encrypts the payload.
 STREAM_SIZE = KEYS_SIZE + ROUTING_SIZE + BLOCK_SIZE + PAYLOAD_SIZE
 _ZERO_KEYS = bytes(KEYS_SIZE)
 
@@ -151,7 +152,9 @@ class OnionError(Exception):
     small order, whose Diffie-Hellman result is all zeros.
     """
 
-    REASONS = frozenset({"bad_size", "bad_mac", "replay", "bad_payload", "bad_instruction", "weak_key"})
+    REASONS = frozenset(
+        {"bad_size", "bad_mac", "replay", "bad_payload", "bad_instruction", "weak_key"}
+    )
 
     def __init__(self, reason: str) -> None:
         assert reason in self.REASONS, reason
@@ -201,11 +204,12 @@ class Dropped:
 
 
 def _dh(private: bytes, public: bytes) -> bytes:
-    # Lengths first: PyNaCl hands its arguments to libsodium unchecked.
+    # Lengths first: PyNaCl hands its arguments to libsodium unchecked (callers
+    # slice alpha and check keys on entry, so this is a guard, not a path).
     # libsodium refuses an all-zero result (a small-order point) with a
     # CryptoError; check the result too, so the rule does not rest on that.
     if len(private) != KEY_SIZE or len(public) != KEY_SIZE:
-        raise OnionError("weak_key")
+        raise ValueError("X25519 takes 32-byte keys")
     try:
         shared = crypto_scalarmult(private, public)
     except CryptoError:
@@ -216,7 +220,7 @@ def _dh(private: bytes, public: bytes) -> bytes:
 
 
 def _hop_key(alpha: bytes, shared: bytes) -> bytes:
-    """K = HKDF-Extract(salt=KDF_SALT, ikm=alpha ‖ shared secret) = HMAC-SHA256(KDF_SALT, alpha ‖ s)."""
+    """K = HKDF-Extract(salt=KDF_SALT, ikm=alpha ‖ s) = HMAC-SHA256(KDF_SALT, alpha ‖ s)."""
     return hmac.digest(KDF_SALT, alpha + shared, "sha256")
 
 
@@ -252,7 +256,10 @@ class HopKeys:
 
 
 def derive_hop_keys(shared_secret: bytes, alpha: bytes) -> HopKeys:
-    """A hop's keys and keystreams, all at once (the sender's view; a relay stops early on a bad MAC)."""
+    """A hop's keys and keystreams, all at once (the sender's view).
+
+    A relay derives the same, but stops after the first 128 bytes on a bad MAC.
+    """
     if len(shared_secret) != KEY_SIZE or len(alpha) != KEY_SIZE:
         raise ValueError("a shared secret and an alpha are 32 bytes each")
     key = _hop_key(alpha, shared_secret)
@@ -276,8 +283,10 @@ def derive_hop_keys(shared_secret: bytes, alpha: bytes) -> HopKeys:
 class OnionKey:
     """One onion key of a relay: its epoch and when it is accepted.
 
-    ``valid_until`` is None for the current key; for the previous key it is
-    the end of the overlap period, after which packets for it are refused.
+    ``valid_from`` is when it became current (for the record; it is not
+    checked). ``valid_until`` is None for the current key; for the previous
+    key it is the end of the overlap period, from which packets for it are
+    refused.
     """
 
     epoch: int
@@ -356,7 +365,9 @@ class OnionKeyring:
             raise ValueError("the new onion key is the current one")
         forgotten = () if self._previous is None else (self._previous.epoch,)
         old = self._current
-        self._previous = OnionKey(old.epoch, old.public, old.valid_from, now + self.overlap, old.private)
+        self._previous = OnionKey(
+            old.epoch, old.public, old.valid_from, now + self.overlap, old.private
+        )
         self._current = new
         return forgotten
 
@@ -382,8 +393,9 @@ class ReplayCache:
     """Replay tags seen, per onion-key epoch, sans-IO, in bounded memory.
 
     Each epoch gets, on its first tag, a fixed open-addressing table of
-    64-bit tags with room for ``max_entries_per_epoch`` at most half full:
-    16 bytes per entry, 16 MB for the default million, whatever the load.
+    64-bit tags (linear probing), never more than half full: 8 bytes times
+    the smallest power of two >= 2 * ``max_entries_per_epoch``, 16 MiB for
+    the default million, whatever the load.
     :meth:`forget_epoch` frees it when the epoch's key retires.
 
     A full epoch fails closed: :meth:`check_and_add` answers False (as for a
@@ -541,7 +553,9 @@ def _draw(rng: Callable[[int], bytes], size: int) -> bytes:
     return value
 
 
-def build_packet(hops: list[Hop], payload: bytes, rng: Callable[[int], bytes] = os.urandom) -> bytes:
+def build_packet(
+    hops: list[Hop], payload: bytes, rng: Callable[[int], bytes] = os.urandom
+) -> bytes:
     """A packet of :data:`PACKET_SIZE` bytes for ``hops[0]``, carrying ``payload``.
 
     Every hop but the last is FORWARD; the last is DELIVER or DROP. ``rng``

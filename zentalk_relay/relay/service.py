@@ -434,3 +434,102 @@ class Router:
         address = adapter.peer_address
         return (getattr(address, "host", ""), getattr(address, "port", 0))
 
+
+
+
+def _load_onion_state(path, wall: float) -> dict:
+    import json
+
+    try:
+        state = json.loads(path.read_text())
+        if {"epoch", "since", "previous_until"} <= set(state):
+            return state
+    except (OSError, ValueError):
+        pass
+    return {"epoch": 0, "since": wall, "previous_until": 0.0}
+
+
+def onion_keyring(data_dir, identity: Identity, overlap: float, now: float, wall: float) -> onion.OnionKeyring:
+    """The keyring as the last run left it: the current key, and the previous one during its overlap."""
+    from ..identity import KEYS_DIR, ONION_STATE, load_previous_onion_key
+
+    state = _load_onion_state(data_dir / KEYS_DIR / ONION_STATE, wall)
+    previous = load_previous_onion_key(data_dir)
+    if previous is not None and state["previous_until"] > wall:
+        keyring = onion.OnionKeyring(bytes(previous), max(0, state["epoch"] - 1), now,
+                                     overlap=state["previous_until"] - wall)
+        keyring.rotate(bytes(identity.onion_key), now)
+        keyring.overlap = overlap
+        return keyring
+    return onion.OnionKeyring(bytes(identity.onion_key), state["epoch"], now, overlap=overlap)
+
+
+class OnionRotation(Service):
+    """Rotates the onion key on schedule, keeping the previous one for the overlap.
+
+    The schedule lives in ``keys/onion.json`` (epoch, when the current key
+    became current, until when the previous one opens packets) so that a
+    restart neither rotates early nor cuts an overlap short. A replay memory
+    that is nearly full rotates at once, so packets are never refused for
+    want of room. ``wall`` is the wall clock (the schedule spans restarts).
+    """
+
+    #: The longest the timer sleeps; it re-checks the schedule when it wakes.
+    MAX_SLEEP = 3600.0
+
+    def __init__(self, reactor, data_dir, keyring: onion.OnionKeyring, replay: onion.ReplayCache,
+                 interval: float, wall: Callable[[], float]) -> None:
+        from ..identity import KEYS_DIR, ONION_STATE
+
+        self._reactor = reactor
+        self._data_dir = data_dir
+        self._keyring = keyring
+        self._replay = replay
+        self._interval = interval
+        self._wall = wall
+        self._state_path = data_dir / KEYS_DIR / ONION_STATE
+        self._state = _load_onion_state(self._state_path, wall())
+        self._timer = None
+
+    def startService(self) -> None:
+        super().startService()
+        if not self._state_path.exists():
+            self._save()
+        self._tick()
+
+    def stopService(self):
+        super().stopService()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _save(self) -> None:
+        import json
+
+        tmp = self._state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._state))
+        tmp.replace(self._state_path)
+
+    def _tick(self) -> None:
+        from ..identity import forget_previous_onion_key
+
+        self._timer = None
+        for epoch in self._keyring.retire_expired(self._reactor.seconds()):
+            self._replay.forget_epoch(epoch)
+            forget_previous_onion_key(self._data_dir)
+        full = self._replay.size(self._keyring.epoch) >= 0.9 * self._replay.max_entries_per_epoch
+        if self._wall() >= self._state["since"] + self._interval or full:
+            self.rotate()
+        due = self._state["since"] + self._interval - self._wall()
+        self._timer = self._reactor.callLater(max(0.0, min(due, self.MAX_SLEEP)), self._tick)
+
+    def rotate(self) -> None:
+        from ..identity import rotate_onion_key
+
+        fresh = rotate_onion_key(self._data_dir)
+        for epoch in self._keyring.rotate(bytes(fresh), self._reactor.seconds()):
+            self._replay.forget_epoch(epoch)
+        wall = self._wall()
+        self._state = {"epoch": self._keyring.epoch, "since": wall, "previous_until": wall + self._keyring.overlap}
+        self._save()
+        log.info("onion key rotated to epoch {epoch}", epoch=self._keyring.epoch)
