@@ -69,6 +69,8 @@ def run_driver(mode: str, port: int, server_pid: int, args, phases: list[str], b
            "--time-limit", str(budget(args, phases))]
     if bootstrap:
         cmd += ["--bootstrap", bootstrap]
+    if args.frames_per_record and mode == "lean":
+        cmd += ["--frames-per-record", str(args.frames_per_record)]
     cmd += extra or []
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=budget(args, phases) + 60,
                          env=linkbench.checkout_env())
@@ -318,6 +320,9 @@ def parse_args(argv):
     p.add_argument("--window-initial", type=int, default=0,
                    help="link.window_initial for the node and the driver (default max(1000, 4 x window), "
                         "at most 10000)")
+    p.add_argument("--frames-per-record", type=int, default=0,
+                   help="lean driver: SEND frames per record (default: fill 16 KiB, 15; 1 is what the reference "
+                        "client writes)")
     p.add_argument("--max-messages", type=int, default=50_000_000, help="hard cap per driver run")
     p.add_argument("--server-cpu", type=int, default=0)
     p.add_argument("--load-cpu", type=int, default=1)

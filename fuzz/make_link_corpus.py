@@ -113,6 +113,8 @@ def seeds() -> dict[str, bytes]:
     out["noise_relay_sends_within_window"] = F.encode_session(F.SessionCase(seed=seed, active=True, ops=[
         F.StepOp(4, 70), F.PumpOp(), F.StepOp(5), F.PumpOp(), F.StepOp(6, 20), F.TimerOp(3000), F.PumpOp(),
         F.StepOp(4, 255), F.PumpOp()]))
+    out["noise_backlog_released_after_close"] = F.encode_session(F.SessionCase(seed=seed, active=True, ops=[
+        F.StepOp(6, 30), F.StepOp(4, 1), F.FramesOp((b"\x99",)), F.TimerOp(4000), F.PumpOp()]))
     out["noise_active_truncated_plaintext"] = F.encode_session(F.SessionCase(seed=seed, active=True, ops=[
         F.PlaintextOp(frames.pack_record(list(encode(PING, SEND)))[:-5]), F.PumpOp()]))
     out["noise_window_burst"] = F.encode_session(F.SessionCase(seed=seed, active=True, ops=[

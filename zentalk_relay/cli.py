@@ -77,6 +77,103 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _turn_credentials(args: argparse.Namespace) -> int:
+    """A TURN REST API user name and password from the node's shared secret."""
+    import time
+
+    from .nat.credentials import CredentialsError, load_secrets, rest_credentials
+
+    path = args.secret_file
+    realm = None
+    if path is None:
+        config = _config(args)
+        path = config.turn.secret_file
+        realm = config.turn.realm
+        if not path:
+            print("zentalk-relay: turn.secret_file is not set; give --secret-file", file=sys.stderr)
+            return 1
+    try:
+        secret = load_secrets(path)[0]
+    except CredentialsError as error:
+        print(f"zentalk-relay: {error}", file=sys.stderr)
+        return 1
+    username, password = rest_credentials(secret, time.time(), args.ttl, args.user)
+    if args.json:
+        document = {"username": username, "password": password, "ttl": args.ttl}
+        if realm is not None:
+            document["realm"] = realm
+        print(json.dumps(document, indent=2))
+    else:
+        print(f"username  {username}")
+        print(f"password  {password}")
+    return 0
+
+
+def _probe(args: argparse.Namespace) -> int:
+    """RFC 5780 NAT behaviour discovery against a STUN server."""
+    import random
+    import socket
+
+    from twisted.internet import task
+
+    from .nat.nat_type import NatTypeProbe
+    from .nat.protocol import ProbeProtocol
+
+    try:
+        infos = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_DGRAM,
+                                   family=socket.AF_INET6 if args.ipv6 else socket.AF_INET)
+    except socket.gaierror as error:
+        print(f"zentalk-relay: cannot resolve {args.host}: {error.strerror}", file=sys.stderr)
+        return 1
+    family, _, _, _, server = infos[0]
+    server = server[:2]
+    # The local address the kernel would use towards the server: connect() on
+    # a datagram socket only picks a route, it sends nothing.
+    with socket.socket(family, socket.SOCK_DGRAM) as route:
+        route.connect(server)
+        local_host = route.getsockname()[0]
+    probe = NatTypeProbe(server, random.SystemRandom(), rto=args.rto)
+    local: list = []
+
+    def main(reactor):
+        protocol = ProbeProtocol(reactor, probe)
+        port = reactor.listenUDP(0, protocol, interface=local_host)
+        local.append((local_host, port.getHost().port))
+        probe.local = local[0]
+        return protocol.done.addBoth(lambda outcome: port.stopListening())
+
+    try:
+        task.react(main)
+    except SystemExit as exit_:  # react always ends with sys.exit
+        if exit_.code not in (0, None):
+            return 1
+    result = probe.result
+    if args.json:
+        print(json.dumps({
+            "server": list(server), "local": list(local[0]), "reachable": result.reachable,
+            "mapped": list(result.mapped) if result.mapped else None, "rfc5780": result.rfc5780,
+            "other_address": list(result.other) if result.other else None, "behind_nat": result.behind_nat,
+            "mapping": result.mapping, "filtering": result.filtering, "nat_type": result.classic,
+        }, indent=2))
+        return 0 if result.reachable else 2
+
+    def show(address) -> str:
+        return f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
+
+    print(f"server          {show(server)}")
+    if not result.reachable:
+        print("result          no answer: UDP to the server is blocked, or nothing listens there")
+        return 2
+    support = f"yes, other address {show(result.other)}" if result.rfc5780 else "no (mapping and filtering unknown)"
+    print(f"RFC 5780        {support}")
+    nat = {True: "behind a NAT", False: "no NAT", None: "unknown"}[result.behind_nat]
+    print(f"mapped address  {show(result.mapped) if result.mapped else '-'} (local {show(local[0])}: {nat})")
+    print(f"mapping         {result.mapping}")
+    print(f"filtering       {result.filtering}")
+    print(f"NAT type        {result.classic}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="zentalk-relay", description="Operate a Zentalk relay node.")
     top.add_argument("--version", action="version", version=f"zentalk-relay {__version__}")
@@ -95,6 +192,21 @@ def parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a configuration file as the node would")
     check.add_argument("file")
     check.set_defaults(run=_check_config)
+    credentials = with_config(commands.add_parser(
+        "turn-credentials", help="a TURN REST API user name and password from the shared secret"))
+    credentials.add_argument("--secret-file", help="the secret file (default: turn.secret_file of the configuration)")
+    credentials.add_argument("--ttl", type=int, default=86400, help="seconds the credentials stay valid (default 86400)")
+    credentials.add_argument("--user", default="", help="a label appended to the user name, e.g. an account id")
+    credentials.add_argument("--json", action="store_true", help="machine-readable output")
+    credentials.set_defaults(run=_turn_credentials)
+    probe = commands.add_parser("probe", help="NAT behaviour discovery (RFC 5780) against a STUN server")
+    probe.add_argument("host", help="the STUN server, a name or an address")
+    probe.add_argument("--port", type=int, default=3478, help="its UDP port (default 3478)")
+    probe.add_argument("-6", dest="ipv6", action="store_true", help="use IPv6")
+    probe.add_argument("--rto", type=float, default=0.2,
+                       help="first retransmission timeout in seconds; each test gives up after 15x this (default 0.2)")
+    probe.add_argument("--json", action="store_true", help="machine-readable output")
+    probe.set_defaults(run=_probe)
     return top
 
 

@@ -93,6 +93,11 @@ def _check_positive(value: int) -> None:
         raise ValueError(f"{value} is not positive")
 
 
+def _check_positive_or_zero(value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{value} is negative")
+
+
 def _check_software(value: str) -> None:
     if len(value) >= 128:
         raise ValueError("SOFTWARE must be fewer than 128 characters (RFC 8489)")
@@ -251,6 +256,9 @@ class TurnConfig:
     challenges_per_second: int = setting(10, check=_check_positive,
                                          doc="401 answers per second to one source IP, to limit reflection.")
     challenge_burst: int = setting(20, check=_check_positive, doc="401 answers at once to one source IP.")
+    rfc5766_channels: bool = setting(False, doc="Accept channel numbers 0x5000-0x7FFF, which RFC 5766 allowed and "
+                                                "RFC 8656 reserves, for old clients (coturn's turnutils_uclient "
+                                                "picks them).")
 
 
 def _check_stream_endpoints(values: tuple[str, ...]) -> None:
@@ -351,6 +359,25 @@ class MeshConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PexConfig:
+    enabled: bool = setting(True, doc="Exchange peers with other relays over relay links.")
+    target_links: int = setting(8, check=_check_positive, doc="Relay links to keep up.")
+    interval: float = setting(60.0, check=_check_positive,
+                              doc="Seconds between PEX requests to each relay (the responder allows one a minute).")
+    dials_per_minute: int = setting(10, check=_check_positive,
+                                    doc="Most dials per minute, whatever PEX responses say: no use as a scanner.")
+    min_uptime: float = setting(600.0, check=_check_positive_or_zero,
+                                doc="Seconds a peer must have been verified before it is shared.")
+    fresh: float = setting(3600.0, check=_check_positive, doc="A peer is shared only if seen within this many seconds.")
+    max_failures: int = setting(5, check=_check_positive, doc="Failed dials in a row before a peer is dropped.")
+    capacity: int = setting(5000, check=_check_positive, doc="Peers kept in the book.")
+    opt_out: bool = setting(False, doc="Ask other relays never to share this node.")
+    private: bool = setting(False, doc="Ask other relays to share this node by node id only, never by address.")
+    allow_private_addresses: bool = setting(False,
+                                            doc="Accept loopback and private addresses in PEX (tests, private networks).")
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     enabled: bool = setting(True, doc="Serve /metrics, /healthz and /status over HTTP.")
     listen: str = setting("tcp:9464:interface=127.0.0.1", check=_check_stream_endpoint,
@@ -366,6 +393,7 @@ class Config:
     mailbox: MailboxConfig = field(default_factory=MailboxConfig)
     onion: OnionConfig = field(default_factory=OnionConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    pex: PexConfig = field(default_factory=PexConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 

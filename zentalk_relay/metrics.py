@@ -207,6 +207,36 @@ class _RelayCollector(Collector):
         yield refused
 
 
+class _PexCollector(Collector):
+    def __init__(self, stats, counts: Callable[[], dict[str, int]]) -> None:
+        self._stats = stats
+        self._counts = counts
+
+    def collect(self) -> Iterable:
+        peers = GaugeMetricFamily("zentalk_pex_peers", "Peers in the peer book, by state.", labels=["state"])
+        for state, value in sorted(self._counts().items()):
+            peers.add_metric([state], value)
+        yield peers
+        requests = CounterMetricFamily("zentalk_pex_requests", "PEX requests: out (sent, answered, malformed) and "
+                                       "in (answered, malformed).", labels=["direction", "result"])
+        values = {("in", "answered"): 0, ("out", "sent"): 0, ("out", "answered"): 0}
+        values.update(self._stats.requests)
+        for (direction, result), value in sorted(values.items()):
+            requests.add_metric([direction, result], value)
+        yield requests
+        yield CounterMetricFamily("zentalk_pex_learned", "Candidates learned from PEX responses.",
+                                  value=self._stats.learned)
+        yield CounterMetricFamily("zentalk_pex_verified", "Peers verified by dialling and authentication.",
+                                  value=self._stats.verified)
+        refused = CounterMetricFamily("zentalk_pex_refused_entries", "PEX entries refused, by reason.",
+                                      labels=["reason"])
+        reasons = dict.fromkeys(("bogus_address", "private_address", "own_id", "own_address", "duplicate"), 0)
+        reasons.update(self._stats.refused)
+        for reason, value in sorted(reasons.items()):
+            refused.add_metric([reason], value)
+        yield refused
+
+
 class _ServicesCollector(Collector):
     def __init__(self, states: Callable[[], dict[str, bool]]) -> None:
         self._states = states
@@ -259,6 +289,9 @@ class NodeMetrics:
 
     def watch_relay(self, stats, mailbox, links_up: Callable[[], int]) -> None:
         self.registry.register(_RelayCollector(stats, mailbox, links_up))
+
+    def watch_pex(self, stats, counts: Callable[[], dict[str, int]]) -> None:
+        self.registry.register(_PexCollector(stats, counts))
 
     def watch_services(self, states: Callable[[], dict[str, bool]]) -> None:
         self.registry.register(_ServicesCollector(states))

@@ -140,6 +140,8 @@ def build_node(reactor, config: Config, identity: Identity | None = None) -> Nod
         relay = _relay(reactor, config, identity, metrics, link.hub)
         relay.setServiceParent(node)
         node.onion_public = lambda: link.hub.router.keyring.public
+        if config.pex.enabled:
+            _pex(reactor, config, identity, metrics, link).setServiceParent(node)
         link.setServiceParent(node)
     if config.metrics.enabled:
         monitor = MonitorService(reactor, config.metrics.listen, metrics, node.status, node.healthy)
@@ -166,7 +168,11 @@ def _stun(reactor, config: Config, metrics: NodeMetrics) -> NatService:
 
 def _link(reactor, config: Config, identity: Identity, metrics: NodeMetrics) -> LinkService:
     stats = LinkStats()
-    settings = settings_from(config.link, capabilities=capability_mask(Capability.RELAY))
+    wishes = tuple(name for name, wanted in (("pex-opt-out", config.pex.opt_out), ("pex-private", config.pex.private))
+                   if wanted)
+    capabilities = capability_mask(Capability.RELAY, Capability.PEX) if config.pex.enabled else capability_mask(
+        Capability.RELAY)
+    settings = settings_from(config.link, capabilities=capabilities, features=wishes)
     hub = LinkHub(reactor, config.link, identity, stats, settings, metrics.link_rtt_observer())
     metrics.watch_links(stats, hub.link_counts, lambda: dict(hub.refusals))
     service = LinkService(reactor, config.link, hub)
@@ -189,8 +195,21 @@ def _relay(reactor, config: Config, identity: Identity, metrics: NodeMetrics, hu
     mesh.setServiceParent(relay)
     keyring = onion_keyring(config.node.data_dir, identity, config.onion.overlap, reactor.seconds(), time.time())
     replay = onion.ReplayCache(config.onion.replay_entries)
-    OnionRotation(reactor, config.node.data_dir, keyring, replay, config.onion.rotation_interval,
-                  time.time).setServiceParent(relay)
-    hub.router = Router(reactor, hub, mailbox, mesh, keyring, replay, stats, metrics.hop_latency_observer())
+    rotation = OnionRotation(reactor, config.node.data_dir, keyring, replay, config.onion.rotation_interval, time.time)
+    rotation.setServiceParent(relay)
+    hub.router = Router(reactor, hub, mailbox, mesh, keyring, replay, stats, metrics.hop_latency_observer(),
+                        rotation.relieve)
     metrics.watch_relay(stats, mailbox, mesh.links_up)
     return relay
+
+
+def _pex(reactor, config: Config, identity: Identity, metrics: NodeMetrics, link: LinkService):
+    from .pex.service import PexService
+
+    router = link.hub.router
+    pex = PexService(reactor, config.pex, identity.node_id, router.mesh, config.node.data_dir,
+                     lambda: frozenset(link.bootstrap_addresses()))
+    pex.setName("pex")
+    router.pex = pex
+    metrics.watch_pex(pex.stats, pex.book.counts)
+    return pex

@@ -93,7 +93,7 @@ def test_protocol_answers_through_its_transport():
 
 def test_services_are_named_children(running):
     _, node = running
-    assert sorted(service.name for service in node) == ["link", "metrics", "relay", "stun"]
+    assert sorted(service.name for service in node) == ["link", "metrics", "pex", "relay", "stun"]
 
 
 def test_disabled_services_are_absent(tmp_path):
@@ -112,7 +112,7 @@ def test_endpoints_file_is_written_at_start_and_removed_at_stop(running, tmp_pat
     _, node = running
     written = json.loads((tmp_path / ENDPOINTS_FILE).read_text())
     assert written["services"] == {"stun": ["udp:0.0.0.0:1234"], "relay": [], "link": ["tcp:0.0.0.0:7400"],
-                                   "metrics": ["tcp:0.0.0.0:9464"]}
+                                   "pex": [], "metrics": ["tcp:0.0.0.0:9464"]}
     assert written["pid"] == os.getpid()
     node.stopService()
     assert not (tmp_path / ENDPOINTS_FILE).exists()

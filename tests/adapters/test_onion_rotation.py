@@ -78,3 +78,27 @@ def test_a_nearly_full_replay_memory_rotates_at_once(tmp_path):
     clock.advance(rotation.MAX_SLEEP)
     assert keyring.epoch == 1
     rotation.stopService()
+
+
+def test_replay_memory_survives_a_clean_restart(tmp_path):
+    clock = Clock()
+    wall = Wall(clock)
+    keyring, replay, rotation = _start(tmp_path, clock, wall)
+    assert replay.check_and_add(keyring.epoch, b"\x01" * 8)
+    rotation.stopService()
+    again, replay_again, rotation_again = _start(tmp_path, Clock(), Wall(Clock(), wall()))
+    assert again.public == keyring.public  # same key after a clean stop
+    assert not replay_again.check_and_add(again.epoch, b"\x01" * 8)  # still remembered
+    rotation_again.stopService()
+
+
+def test_after_a_crash_the_key_is_rotated_without_overlap(tmp_path):
+    clock = Clock()
+    wall = Wall(clock)
+    keyring, replay, rotation = _start(tmp_path, clock, wall)
+    before = keyring.public
+    # no stopService: the process died
+    again, _, rotation_again = _start(tmp_path, Clock(), Wall(Clock(), wall()))
+    assert again.public != before
+    assert again.epochs == (again.epoch,)  # the old key opens nothing any more
+    rotation_again.stopService()

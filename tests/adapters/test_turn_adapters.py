@@ -296,3 +296,34 @@ def test_rfc5780_request_on_the_alternate_socket_names_the_primary_as_other():
 def test_turn_client_realm_is_the_configured_one(harness):
     (challenge,) = harness.datagram(harness.turn.build(Method.ALLOCATE, auth=False))
     assert stun.decode(challenge).get(Attr.REALM) == REALM.encode()
+
+
+class RecordingTransport:
+    def __init__(self):
+        self.written = []
+
+    def write(self, data, address):
+        self.written.append((data, address))
+
+
+def test_probe_protocol_retransmits_on_the_clock_and_fires_done():
+    import random
+
+    from zentalk_relay.nat.nat_type import NatTypeProbe
+    from zentalk_relay.nat.protocol import ProbeProtocol
+
+    reactor = MemoryReactorClock()
+    probe = NatTypeProbe(("127.0.0.1", 3478), random.Random(3), local=("127.0.0.1", 5000), rto=0.5, retries=1)
+    protocol = ProbeProtocol(reactor, probe)
+    transport = RecordingTransport()
+    protocol.transport = transport
+    protocol.startProtocol()
+    assert len(transport.written) == 1
+    reactor.advance(0.5)
+    assert len(transport.written) == 2 and transport.written[0] == transport.written[1]
+    request = stun.decode(transport.written[-1][0])
+    reply = BindingResponder("").respond(request.raw, ("127.0.0.1", 5000))
+    protocol.datagramReceived(reply, ("127.0.0.1", 3478))
+    result = protocol.done.result
+    assert result.reachable and not result.rfc5780 and result.behind_nat is False
+    assert reactor.getDelayedCalls() == []

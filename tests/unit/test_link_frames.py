@@ -96,9 +96,16 @@ def test_bad_records(record, code):
     assert caught.value.code == code
 
 
-def test_reasons_are_bounded_and_decoded_leniently():
-    close = frames.decode(b"\x08\x00\x01" + b"\xff" * 1000)
-    assert len(close.reason) <= frames.MAX_REASON
+@pytest.mark.parametrize("reason", [b"\xff\xfe", b"x" * (frames.MAX_REASON + 1)], ids=["not-utf8", "too-long"])
+def test_reasons_must_be_short_utf8_so_frames_reencode_exactly(reason):
+    with pytest.raises(FrameError, match="reason"):
+        frames.decode(b"\x08\x00\x01" + reason)
+
+
+def test_long_reasons_are_cut_at_a_character_boundary():
+    encoded = frames.encode(frames.Close(1, "é" * 200))
+    assert len(encoded) - 3 <= frames.MAX_REASON
+    assert frames.decode(encoded).reason == "é" * 128
 
 
 def test_capability_mask_uses_spec_bit_numbers():

@@ -2,9 +2,10 @@
 
 The checks live in the harness, which imports without atheris; here hypothesis
 generates structured cases for them, so that the same properties run in the
-unit tests, fast and bounded. The known findings of the harness are pinned
-by the ``xfail(strict=True)`` tests at the end: each fails (XPASS) once its
-bug is fixed, which is the cue to drop it from ``KNOWN_FINDINGS``.
+unit tests, fast and bounded. At the end: the findings of the fuzzing, as
+regression tests once fixed, and as ``xfail(strict=True)`` while they are in
+the harness's ``KNOWN_FINDINGS`` (such a test fails, XPASS, once its bug is
+fixed: the cue to drop the entry and the marker).
 """
 
 from __future__ import annotations
@@ -304,31 +305,37 @@ def test_any_input_is_handled_by_the_harness(data):
     F.TestOneInput(data)
 
 
-# -- known findings (KNOWN_FINDINGS in fuzz_link.py): pinned until fixed ------------------
+# -- findings of the fuzzing --------------------------------------------------------------
 
 
-def test_known_findings_fail_in_strict_mode(monkeypatch):
-    monkeypatch.setattr(F, "STRICT", True)
-    for name in ("frames_close_non_utf8_reason", "noise_rate_limit_then_burst",
-                 "noise_small_window_burst_before_its_update"):
-        with pytest.raises(AssertionError):
-            F.TestOneInput((CORPUS / name).read_bytes())
+def test_no_finding_is_left_open():
+    # A new finding that cannot be fixed at once goes into F.KNOWN_FINDINGS with
+    # an xfail(strict=True) test here; none is open.
+    assert F.KNOWN_FINDINGS == {}
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="finding lossy-reason: CLOSE/ERROR reasons that "
-                   "are not UTF-8, or longer than 256 bytes, do not re-encode to their bytes")
-@pytest.mark.parametrize("data", [b"\x08\x00\x13\xff", b"\x09\x00\x01" + b"a" * 300],
-                         ids=["not-utf8", "too-long"])
-def test_finding_close_reason_reencodes_exactly(data):
-    assert frames.encode(frames.decode(data)) == data
+@pytest.mark.parametrize("data", [
+    b"\x08\x00\x13\xff",  # CLOSE, a reason that is not UTF-8
+    b"\x09\x00\x01" + b"a" * 300,  # ERROR, a reason longer than 256 bytes
+    b"\x08\x00\x13" + "é".encode() * 128 + b"\xc3",  # a character cut at byte 257
+    b"\x41" + bytes(32) + b"\x00\xfc\x67",  # PUNCH_REQUEST, no address but a port
+], ids=["reason-not-utf8", "reason-too-long", "reason-cut", "punch-request-port-without-address"])
+def test_fixed_frames_that_did_not_reencode_exactly(data):
+    # Found by fuzz_link: these decoded, then encoded to other bytes.
+    F.check_decode(data)  # refused with a FrameError, or re-encoded exactly
 
 
-@pytest.mark.skipif(not hasattr(frames, "PunchRequest"), reason="no PUNCH_REQUEST in this version")
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="finding address-none-port: address family 0 "
-                   "with a non-zero port decodes and re-encodes with port 0")
-def test_finding_punch_request_without_address_reencodes_exactly():
-    data = b"\x41" + bytes(32) + b"\x00\xfc\x67"
-    assert frames.encode(frames.decode(data)) == data
+@pytest.mark.parametrize("ops", [
+    # a rate-limited SEND's RECEIPT, then a frame that closes the link
+    [F.BurstOp(frames.encode(frames.Send(bytes(16), bytes(32), b"x")), 21),
+     F.FramesOp((frames.encode(frames.Hello(Role.CLIENT, (frames.PROTOCOL_VERSION,), 0)),))],
+    # DELIVERs waiting out a FLOW_CONTROL pause, then a bad frame, then the pause ends
+    [F.StepOp(6, 30), F.StepOp(4, 1), F.FramesOp((b"\x99",)), F.TimerOp(4000)],
+], ids=["receipt", "backlog"])
+def test_fixed_nothing_is_written_after_close(ops):
+    # Found by fuzz_link: a RECEIPT queued before the CLOSE, and the backlog, came after it.
+    run = F.run_session(F.SessionCase(active=True, ops=ops + [F.PumpOp()]))
+    assert run.link.closing is not None and run.closes_seen[-1].code == run.link.closing.code
 
 
 class _Pair:
@@ -364,9 +371,9 @@ class _Pair:
         return [e for e in self.events[name] if isinstance(e, Closing)]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="finding flow-control-consumed: the window check "
-                   "ignores the consumed count of the receiver's own FLOW_CONTROL")
-def test_finding_a_client_within_its_credit_is_not_closed():
+def test_fixed_a_client_within_its_credit_is_not_closed():
+    # Found by fuzz_link: the window check counted only WINDOW_UPDATE's consumed,
+    # while the relay's FLOW_CONTROL (rate limit) told the client a larger one.
     pair = _Pair()
     pair.pump()
     assert pair.client.state is State.ACTIVE and pair.relay.state is State.ACTIVE
@@ -380,9 +387,9 @@ def test_finding_a_client_within_its_credit_is_not_closed():
     assert pair.closings("relay") == []
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="finding announced-window: a small "
-                   "link.window_initial is enforced before the peer can have read its WINDOW_UPDATE")
-def test_finding_a_small_initial_window_is_not_enforced_before_it_is_announced():
+def test_fixed_a_small_initial_window_is_not_enforced_before_it_is_announced():
+    # Found by fuzz_link: a client with link.window_initial 100 closed a relay that
+    # sent its queued messages right after authenticating it, under the protocol's 1000.
     pair = _Pair(client_settings=LinkSettings(window_initial=100))
     for _ in range(3):
         pair.flush(pair.client, "relay")

@@ -561,9 +561,23 @@ def test_over_tcp_channel_data_is_padded_to_four_bytes():
     assert server.from_peer(client.relay(), b"abcd", PEER_V4, 1.0) == b"\x40\x00\x00\x04abcd"
 
 
-@pytest.mark.parametrize("number", [0x0000, 0x3FFF, 0x5000, 0x7FFF, 0xFFFF])
+@pytest.mark.parametrize("number", [0x0000, 0x3FFF, 0x5000, 0x7FFF, 0x8000, 0xFFFF])
 def test_channel_number_out_of_range_gets_400(alice, number):
     assert _code(alice.bind(number, PEER_V4)) == 400
+
+
+@pytest.mark.parametrize("number,code", [(0x5000, None), (0x7FFF, None), (0x8000, 400), (0x3FFF, 400)])
+def test_rfc5766_channel_numbers_when_the_operator_allows_them(number, code):
+    server = make_server(channel_max=0x7FFF)
+    client = TurnClient(server)
+    client.allocate()
+    assert _code(client.bind(number, PEER_V4)) == code
+    if code is None:
+        assert client.channel_data(number, b"x") is not None
+
+
+def test_reserved_channel_numbers_are_framed_on_a_stream_and_dropped_by_the_server(server):
+    assert StreamFramer().receive(b"\x50\x00\x00\x01x\x00\x00\x00") == [b"\x50\x00\x00\x01x"]
 
 
 def test_channel_bind_without_peer_or_number_gets_400(alice):
@@ -689,7 +703,7 @@ def test_stream_framer_cuts_stun_and_padded_channel_data_at_any_boundary():
         assert messages == [stun_message, b"\x40\x00\x00\x05hello", b"\x40\x01\x00\x04abcd", stun_message]
 
 
-@pytest.mark.parametrize("first", [0x50, 0x7F, 0x80, 0xFF])
+@pytest.mark.parametrize("first", [0x80, 0xC0, 0xFF])
 def test_stream_framer_refuses_what_is_neither(first):
     with pytest.raises(FramingError):
         StreamFramer().receive(bytes([first, 0, 0, 0]))

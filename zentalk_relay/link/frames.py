@@ -353,6 +353,8 @@ def _read_address(body: bytes, offset: int) -> tuple[str, int, int]:
         raise FrameError(ErrorCode.PROTOCOL_ERROR, "address truncated")
     host = str(ipaddress.ip_address(body[offset + 1 : offset + 1 + size])) if size else ""
     (port,) = _U16.unpack_from(body, offset + 1 + size)
+    if not size and port:
+        raise FrameError(ErrorCode.PROTOCOL_ERROR, "a port without an address")
     return host, port, end
 
 
@@ -399,7 +401,21 @@ def _role(value: int) -> Role:
 
 
 def _reason(raw: bytes) -> str:
-    return raw[:MAX_REASON].decode("utf-8", "replace")
+    """Strict, so that a frame re-encodes to exactly its bytes."""
+    if len(raw) > MAX_REASON:
+        raise FrameError(ErrorCode.PROTOCOL_ERROR, f"a reason is at most {MAX_REASON} bytes")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FrameError(ErrorCode.PROTOCOL_ERROR, "a reason is not UTF-8") from None
+
+
+def _encode_reason(reason: str) -> bytes:
+    """At most MAX_REASON bytes, cut at a character boundary."""
+    raw = reason.encode("utf-8")
+    if len(raw) <= MAX_REASON:
+        return raw
+    return raw[:MAX_REASON].decode("utf-8", "ignore").encode("utf-8")
 
 
 def _exact(body: bytes, size: int, name: str) -> None:
@@ -443,8 +459,8 @@ _ENCODERS: dict[type, Callable[[object], bytes]] = {
     AuthOk: lambda f: b"\x05" + f.session_token,
     Ping: lambda f: b"\x06" + _PING.pack(f.timestamp_ms, f.nonce, f.sequence),
     Pong: lambda f: b"\x07" + _PONG.pack(f.timestamp_ms, f.nonce, f.sequence, f.received_ms),
-    Close: lambda f: b"\x08" + _CODE.pack(f.code) + f.reason.encode("utf-8")[:MAX_REASON],
-    Error: lambda f: b"\x09" + _CODE.pack(f.code) + f.reason.encode("utf-8")[:MAX_REASON],
+    Close: lambda f: b"\x08" + _CODE.pack(f.code) + _encode_reason(f.reason),
+    Error: lambda f: b"\x09" + _CODE.pack(f.code) + _encode_reason(f.reason),
     FlowControl: lambda f: b"\x10" + _FLOW.pack(f.window, f.consumed, f.reason, f.retry_after_ms),
     WindowUpdate: lambda f: b"\x11" + _WINDOW.pack(f.window, f.consumed),
     Pex: lambda f: b"\x20" + bytes([f.subtype]) + f.body,

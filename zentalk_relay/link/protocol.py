@@ -128,6 +128,12 @@ class LinkAdapter:
             self.flush()
         return accepted
 
+    def throttle(self, window: int, reason, retry_after_ms: int) -> None:
+        """Tell the peer to use a smaller window and pause (FLOW_CONTROL)."""
+        if self.conn is not None:
+            self.conn.throttle(window, reason, retry_after_ms)
+            self.flush()
+
     def close(self, code: ErrorCode, reason: str) -> None:
         if self.conn is None:
             self._drop()

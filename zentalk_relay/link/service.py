@@ -21,7 +21,7 @@ from ..identity import Identity
 from ..listen import ListenError, describe_port, listen_stream
 from ..logs import logger
 from ..ratelimit import Rate
-from .frames import Deliver, ErrorCode, FlowControl, FlowReason, Receipt, ReceiptStatus, Role, Send
+from .frames import Deliver, ErrorCode, FlowReason, Receipt, ReceiptStatus, Role, Send
 from .protocol import LinkAdapter, StreamLinkProtocol, WebSocketLinkProtocol
 from .session import Authenticated, Carrier, LinkConnection, LinkSettings, LinkStats, Priority, State
 
@@ -171,7 +171,7 @@ class LinkHub:
             sender.send(Receipt(send.message_id, ReceiptStatus.DELIVERED))
             return
         sender.send(Receipt(send.message_id, ReceiptStatus.REFUSED, ErrorCode.RECIPIENT_BUSY))
-        sender.send(FlowControl(self.settings.window_min, 0, FlowReason.BUFFER_FULL, 250), Priority.CONTROL)
+        sender.throttle(self.settings.window_min, FlowReason.BUFFER_FULL, 250)
 
     def credit_available(self, adapter: LinkAdapter) -> None:
         adapter.flush()

@@ -212,6 +212,8 @@ class LinkConnection:
         self.version: int | None = None
         self.capabilities = 0
         self.features: tuple[str, ...] = ()
+        #: The features the peer offered, before intersection: its wishes (e.g. "pex-opt-out").
+        self.peer_features: tuple[str, ...] = ()
         self.close_code: ErrorCode | None = None
         self.last_rtt: float | None = None
         self.idle = False
@@ -262,8 +264,12 @@ class LinkConnection:
         # inbound flow control
         self._window = settings.window_initial
         self._received_flow = 0
-        self._reported_consumed = 0  # in the last WINDOW_UPDATE queued
-        self._advertised_consumed = 0  # in the last WINDOW_UPDATE written: all the peer can know
+        self._reported_consumed = 0  # in the last WINDOW_UPDATE or FLOW_CONTROL queued
+        self._reported_window = INITIAL_WINDOW  # likewise
+        # The most the peer may have sent: it only grows, because a frame sent
+        # under a bound the peer was given is never a violation, even if we
+        # have shrunk the window since (the peer may not have read that yet).
+        self._allowed_total = INITIAL_WINDOW
 
         # timers
         self._deadline_handshake: float | None = None
@@ -439,7 +445,10 @@ class LinkConnection:
             return self._close(ErrorCode.VERSION_MISMATCH, "no common protocol version with the same major",
                                by_peer=False)
         self._settle(hello.role, version, hello.capabilities, hello.features)
-        self._queue(HelloAck(self.role, version, self.capabilities, self.features), Priority.CONTROL)
+        # our own capabilities and features, not the intersection: each side
+        # computes that, and learns what the other offered (its wishes among them)
+        s = self.settings
+        self._queue(HelloAck(self.role, version, s.capabilities, s.features), Priority.CONTROL)
         self._queue(AuthChallenge(self._our_challenge), Priority.CONTROL)
         return []
 
@@ -453,6 +462,7 @@ class LinkConnection:
     def _settle(self, role: Role, version: int, capabilities: int, features: tuple[str, ...]) -> None:
         self.peer_role = role
         self.version = version
+        self.peer_features = features
         self.capabilities = self.settings.capabilities & capabilities
         self.features = tuple(name for name in self.settings.features if name in features)
         self._hello_done = True
@@ -505,7 +515,7 @@ class LinkConnection:
     def _activate(self, now: float, token: bytes, resumed: bool = False) -> list[Event]:
         self.state = State.ACTIVE
         if self._window != INITIAL_WINDOW:
-            self._queue(WindowUpdate(self._window, 0), Priority.CONTROL)
+            self._report(WindowUpdate(self._window, 0))
         self._deadline_handshake = None
         self._idle_check_at = now + self.settings.idle_after
         self._schedule_ping(now)
@@ -518,7 +528,7 @@ class LinkConnection:
         kind = type(frame)
         if kind in FLOW_CONTROLLED:
             self._received_flow += 1
-            if self._received_flow - self._advertised_consumed > self._window:
+            if self._received_flow > self._allowed_total:
                 return self._close(ErrorCode.FLOW_VIOLATION, "more messages than the window allows", by_peer=False)
             self._idle_check_at = now + self.settings.idle_after
             self.idle = False
@@ -529,8 +539,7 @@ class LinkConnection:
                 if kind is Send:
                     self._queue(Receipt(frame.message_id, frames.ReceiptStatus.REFUSED, ErrorCode.RATE_LIMITED),
                                 Priority.MESSAGE)
-                self._queue(FlowControl(self._window, self._received_flow, FlowReason.RATE_LIMIT,
-                                        int(retry * 1000) + 1), Priority.CONTROL)
+                self.throttle(self._window, FlowReason.RATE_LIMIT, int(retry * 1000) + 1)
                 return []
             self._consumed(1)
             return [Received(frame)]
@@ -544,7 +553,7 @@ class LinkConnection:
         if kind is Close:
             return self._close(ErrorCode.NORMAL, frame.reason, by_peer=True, peer_code=frame.code)
         if kind in _APPLICATION:
-            if kind is frames.Pex and not self._buckets["pex"].take(now):
+            if kind is frames.Pex and frame.subtype == PEX_REQUEST and not self._buckets["pex"].take(now):
                 self._queue(Error(ErrorCode.RATE_LIMITED, "one PEX request per minute"), Priority.BACKGROUND)
                 return []
             return [Received(frame)]
@@ -557,8 +566,18 @@ class LinkConnection:
         """We processed ``count`` flow-controlled frames; tell the peer at half a window."""
         consumed = self._received_flow
         if consumed - self._reported_consumed >= self._window // 2:
-            self._reported_consumed = consumed
-            self._queue(WindowUpdate(self._window, consumed & 0xFFFFFFFF), Priority.CONTROL)
+            self._report(WindowUpdate(self._window, consumed & 0xFFFFFFFF))
+
+    def _report(self, frame: WindowUpdate | FlowControl) -> None:
+        self._reported_consumed = self._received_flow
+        self._reported_window = frame.window
+        self._queue(frame, Priority.CONTROL)
+
+    def throttle(self, window: int, reason: FlowReason, retry_after_ms: int) -> None:
+        """Ask the peer to slow down: a new window and a pause (FLOW_CONTROL)."""
+        window = max(self.settings.window_min, min(window, self.settings.window_max))
+        self._window = window
+        self._report(FlowControl(window, self._received_flow & 0xFFFFFFFF, reason, retry_after_ms))
 
     def _window_update(self, frame: WindowUpdate | FlowControl, now: float) -> list[Event]:
         s = self.settings
@@ -678,6 +697,11 @@ class LinkConnection:
                peer_code: int | None = None) -> list[Event]:
         if self.state in (State.CLOSING, State.CLOSED):
             return []
+        # Nothing follows a CLOSE: what was queued is dropped (the owner learns of
+        # undelivered messages from the Closing event and keeps them elsewhere).
+        for queue in self._queues:
+            queue.clear()
+        self._backlog.clear()
         if not by_peer and secure and self._binding is not None:
             self._queue(Close(code, reason), Priority.CONTROL)
         if self.state is not State.ACTIVE:
@@ -708,7 +732,7 @@ class LinkConnection:
             self._release_backlog(now)
         units = self._raw_out
         self._raw_out = []
-        self._advertised_consumed = self._reported_consumed
+        self._allowed_total = max(self._allowed_total, self._reported_consumed + self._reported_window)
         if self._send_cipher is None and not (self.carrier is Carrier.TLS_STREAM and self._binding is not None):
             if self._reader is not None and units:
                 units = [b"".join(noise_frame(u) for u in units)]
@@ -744,6 +768,7 @@ class LinkConnection:
         return units
 
 
+PEX_REQUEST = 0x01
 #: Frames handed to the owner as they are once the link is active.
 _APPLICATION = (Receipt, Error, frames.Pex, frames.SyncRequest, frames.SyncResponse, frames.Ack,
                 frames.PunchRequest, frames.Punch)

@@ -31,7 +31,7 @@ from .protocol import (
     NatStreamFactory,
     StunDatagramProtocol,
 )
-from .turn import RelayAddress, TurnServer, TurnSettings, TurnStats
+from .turn import CHANNEL_MAX, CHANNEL_MAX_RFC5766, RelayAddress, TurnServer, TurnSettings, TurnStats
 
 log = logger(__name__)
 
@@ -82,6 +82,7 @@ def build_turn(stun: StunConfig, turn: TurnConfig, stats: TurnStats) -> TurnServ
         port_max=turn.port_max,
         relays=relays,
         challenge_rate=Rate(turn.challenges_per_second, 1.0, turn.challenge_burst),
+        channel_max=CHANNEL_MAX_RFC5766 if turn.rfc5766_channels else CHANNEL_MAX,
     )
     own = {relay.bind for relay in relays.values()} | {relay.advertised for relay in relays.values()}
     own |= {parse_host_port(address)[0] for address in stun.udp} - set(_WILDCARDS)

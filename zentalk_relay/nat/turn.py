@@ -52,7 +52,11 @@ from .stun import Attr, MessageClass, Method, StunError
 
 UDP_PROTOCOL = 17
 CHANNEL_MIN = 0x4000
+#: RFC 8656 section 12: 0x4000-0x4FFF; 0x5000-0x7FFF became reserved (RFC 7983
+#: demultiplexing). RFC 5766 allowed up to 0x7FFF, and some clients still pick
+#: numbers there (coturn's turnutils_uclient does), hence TurnSettings.channel_max.
 CHANNEL_MAX = 0x4FFF
+CHANNEL_MAX_RFC5766 = 0x7FFF
 #: RFC 8656 section 9: permissions last 300 s, channels 600 s, and a channel
 #: number or peer stays reserved for 300 s after its binding expires.
 PERMISSION_LIFETIME = 300.0
@@ -152,6 +156,8 @@ class TurnSettings:
     port_max: int = 65535
     relays: dict = field(default_factory=dict)  # family (4 or 6) -> RelayAddress
     challenge_rate: Rate = Rate(10, 1.0, 20)
+    #: CHANNEL_MAX (RFC 8656), or CHANNEL_MAX_RFC5766 to accept RFC 5766 clients.
+    channel_max: int = CHANNEL_MAX
 
 
 @dataclass(slots=True)
@@ -963,7 +969,7 @@ class TurnServer:
         if value is None or len(value) != 4 or peer_value is None:
             return self._error(client, message, 400, key, sha256)
         number = struct.unpack_from("!H", value)[0]
-        if not CHANNEL_MIN <= number <= CHANNEL_MAX:
+        if not CHANNEL_MIN <= number <= self.settings.channel_max:
             return self._error(client, message, 400, key, sha256)
         peer = self._peer(allocation, message, peer_value)
         if isinstance(peer, int):
@@ -1085,7 +1091,9 @@ class StreamFramer:
                     raise FramingError("a STUN header without the magic cookie")
                 total = 20 + length
                 padded = total
-            elif first < 0x50:
+            elif first < 0x80:
+                # ChannelData, including the reserved numbers 0x5000-0x7FFF: the
+                # length still frames them, and the server drops what is not bound.
                 total = 4 + length
                 padded = (total + 3) & ~3
             else:

@@ -452,6 +452,20 @@ class ReplayCache:
         """Tags remembered for ``epoch``."""
         return self._sizes.get(epoch, 0)
 
+    def export(self, epoch: int) -> bytes:
+        """The tags of ``epoch``, 8 bytes each, to be restored after a restart."""
+        table = self._tables.get(epoch)
+        if table is None:
+            return b""
+        return b"".join(value.to_bytes(REPLAY_TAG_SIZE, "big") for value in table if value)
+
+    def restore(self, epoch: int, exported: bytes) -> None:
+        """Remember again the tags :meth:`export` gave."""
+        if len(exported) % REPLAY_TAG_SIZE:
+            raise ValueError("exported tags are 8 bytes each")
+        for offset in range(0, len(exported), REPLAY_TAG_SIZE):
+            self.check_and_add(epoch, exported[offset : offset + REPLAY_TAG_SIZE])
+
     def __repr__(self) -> str:
         return f"<ReplayCache sizes={self._sizes}>"
 

@@ -29,7 +29,6 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-from ..bootstrap import Bootstrap
 from ..config import MailboxConfig, MeshConfig
 from ..identity import Identity
 from ..link.frames import (
@@ -38,6 +37,7 @@ from ..link.frames import (
     ErrorCode,
     MailboxMessage,
     Onion,
+    Pex,
     Punch,
     PunchRequest,
     Receipt,
@@ -173,8 +173,23 @@ class MailboxWriter(Service):
 # -- mesh ------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Dialable:
+    """What it takes to open a link to a relay: its Noise key and an address."""
+
+    link_key: bytes
+    host: str
+    port: int
+
+
 class Mesh(MultiService):
-    """Outbound links to other relays, opened on demand and kept with backoff."""
+    """Outbound links to other relays, opened on demand and kept with backoff.
+
+    Other parts learn of relay links through two hooks: ``relay_up(node_id,
+    adapter, dialled)`` when a relay link authenticates (``dialled`` is the
+    Dialable this node used, None for a link the other relay opened), and
+    ``dial_failed(node_id)`` when a dial given a bound of attempts gave up.
+    """
 
     def __init__(self, reactor, hub: LinkHub, identity: Identity, config: MeshConfig, stats: RelayStats) -> None:
         super().__init__()
@@ -183,16 +198,20 @@ class Mesh(MultiService):
         self._identity = identity
         self._config = config
         self._stats = stats
-        self.directory: dict[bytes, Bootstrap] = {}
+        self.directory: dict[bytes, Dialable] = {}
         self._clients: dict[bytes, ClientService] = {}
+        self._dialled: dict[LinkAdapter, tuple[bytes, Dialable]] = {}
         self._waiting: dict[bytes, deque] = {}
         self._last_used: dict[bytes, float] = {}
         self._sweeper: LoopingCall | None = None
+        self.relay_up: Callable[[bytes, LinkAdapter, Dialable | None], None] = lambda node_id, adapter, dialled: None
+        self.dial_failed: Callable[[bytes], None] = lambda node_id: None
         from ..bootstrap import parse
 
         for text in config.peers:
             known = parse(text)
-            self.directory[hashlib.sha256(known.ed25519_public).digest()] = known
+            host, port = known.addresses[0]
+            self.directory[hashlib.sha256(known.ed25519_public).digest()] = Dialable(known.link_public, host, port)
 
     def startService(self) -> None:
         super().startService()
@@ -205,19 +224,27 @@ class Mesh(MultiService):
             self._sweeper.stop()
         return super().stopService()
 
+    def relay_links(self, node_id: bytes) -> list[LinkAdapter]:
+        return [adapter for adapter in self._hub.by_peer.get(node_id, ())
+                if adapter.conn is not None and adapter.conn.peer_role is Role.RELAY]
+
     def links_up(self) -> int:
         return sum(1 for links in self._hub.by_peer.values()
                    for adapter in links if adapter.conn is not None and adapter.conn.peer_role is Role.RELAY)
 
+    @property
+    def dialling(self) -> int:
+        return len(self._clients)
+
     def forward(self, node_id: bytes, frame) -> None:
         self._last_used[node_id] = self._reactor.seconds()
-        for adapter in reversed(self._hub.by_peer.get(node_id, ())):
-            if adapter.conn is not None and adapter.conn.peer_role is Role.RELAY:
-                if adapter.send(frame):
-                    self._stats.count(self._stats.onion, "forwarded")
-                else:
-                    self._stats.count(self._stats.dropped, "next_hop_busy")
-                return
+        links = self.relay_links(node_id)
+        if links:
+            if links[-1].send(frame):
+                self._stats.count(self._stats.onion, "forwarded")
+            else:
+                self._stats.count(self._stats.dropped, "next_hop_busy")
+            return
         if node_id not in self.directory:
             self._stats.count(self._stats.dropped, "unknown_next_hop")
             return
@@ -226,39 +253,53 @@ class Mesh(MultiService):
             self._stats.count(self._stats.dropped, "mesh_queue_full")
             return
         queue.append(frame)
-        self._open(node_id)
-
-    def _open(self, node_id: bytes) -> None:
-        if node_id in self._clients:
-            return
-        if len(self._clients) >= self._config.max_links:
+        if not self.connect(node_id):
             self._stats.count(self._stats.dropped, "mesh_pool_full")
             self._waiting.pop(node_id, None)
-            return
+
+    def connect(self, node_id: bytes, give_up_after: int | None = None) -> bool:
+        """Open (and keep) a link to a relay in the directory; False if the pool is full."""
+        if node_id in self._clients:
+            return True
+        if len(self._clients) >= self._config.max_links:
+            return False
         known = self.directory[node_id]
-        host, port = known.addresses[0]
-        endpoint_class = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
-        endpoint = endpoint_class(self._reactor, host, port, timeout=5)
-        hub, identity, settings = self._hub, self._identity, self._hub.settings
+        endpoint_class = TCP6ClientEndpoint if ":" in known.host else TCP4ClientEndpoint
+        endpoint = endpoint_class(self._reactor, known.host, known.port, timeout=5)
+        hub, identity, settings, mesh = self._hub, self._identity, self._hub.settings, self
 
         def make(now: float) -> LinkConnection:
             return LinkConnection(initiator=True, role=Role.RELAY, signing_key=identity.signing_key,
                                   carrier=Carrier.NOISE_STREAM, settings=settings, now=now, stats=hub.stats,
-                                  remote_static=known.link_public, expected_peer_id=node_id)
+                                  remote_static=known.link_key, expected_peer_id=node_id)
 
         class _Factory(Factory):
             noisy = False
 
             def buildProtocol(self, addr):
-                return hub.adopt(StreamLinkProtocol(hub.reactor, hub, make, tls=False))
+                adapter = hub.adopt(StreamLinkProtocol(hub.reactor, hub, make, tls=False))
+                mesh._dialled[adapter] = (node_id, known)
+                return adapter
 
         client = ClientService(endpoint, _Factory(), retryPolicy=backoffPolicy(1.0, 30.0, 2.0, jitter=lambda: 0.0),
                                clock=self._reactor)
         self._clients[node_id] = client
+        self._last_used.setdefault(node_id, self._reactor.seconds())
         client.setServiceParent(self)
+        if give_up_after is not None:
+            client.whenConnected(failAfterFailures=give_up_after).addErrback(self._gave_up, node_id, client)
+        return True
+
+    def _gave_up(self, failure, node_id: bytes, client: ClientService) -> None:
+        if self._clients.get(node_id) is client:
+            del self._clients[node_id]
+            self._waiting.pop(node_id, None)
+            client.disownServiceParent()
+            self.dial_failed(node_id)
 
     def relay_authenticated(self, adapter: LinkAdapter, event: Authenticated) -> None:
         """A relay link is up (either direction): send what waited for it."""
+        dialled = self._dialled.pop(adapter, None)
         queue = self._waiting.pop(event.peer_id, None)
         while queue:
             frame = queue.popleft()
@@ -266,6 +307,7 @@ class Mesh(MultiService):
                 self._stats.count(self._stats.onion, "forwarded")
             else:
                 self._stats.count(self._stats.dropped, "next_hop_busy")
+        self.relay_up(event.peer_id, adapter, dialled[1] if dialled else None)
 
     def _close_idle(self) -> None:
         now = self._reactor.seconds()
@@ -274,6 +316,13 @@ class Mesh(MultiService):
                 del self._clients[node_id]
                 self._last_used.pop(node_id, None)
                 client.disownServiceParent()
+
+    def forget(self, adapter: LinkAdapter) -> None:
+        self._dialled.pop(adapter, None)
+
+    def keep(self, node_id: bytes) -> None:
+        """Mark a relay link as wanted (PEX keeps its target links this way)."""
+        self._last_used[node_id] = self._reactor.seconds()
 
 
 # -- routing ---------------------------------------------------------------
@@ -284,17 +333,21 @@ class Router:
 
     def __init__(self, reactor, hub: LinkHub, mailbox: MailboxWriter, mesh: Mesh, keyring: onion.OnionKeyring,
                  replay: onion.ReplayCache, stats: RelayStats,
-                 hop_latency: Callable[[float], None] = lambda seconds: None) -> None:
+                 hop_latency: Callable[[float], None] = lambda seconds: None,
+                 replay_pressure: Callable[[], None] = lambda: None) -> None:
         self._reactor = reactor
         self._hub = hub
         self._mailbox = mailbox
-        self._mesh = mesh
+        self.mesh = mesh
         self.keyring = keyring
         self._replay = replay
         self.stats = stats
         self._hop_latency = hop_latency
         self._clock = reactor.seconds
         self._punch_requests: dict[bytes, tuple[str, int]] = {}
+        self._replay_pressure = replay_pressure
+        self._processed = 0
+        self.pex = None  # the PEX service, when built
         # DELIVERs a client has not acknowledged yet, per link: if the link
         # drops first, they go to the mailbox instead of being lost
         self._unacked: dict[LinkAdapter, dict[bytes, tuple[bytes, bytes]]] = {}
@@ -302,12 +355,13 @@ class Router:
     # called by the hub
     def authenticated(self, adapter: LinkAdapter, event: Authenticated) -> None:
         if event.role is Role.RELAY:
-            self._mesh.relay_authenticated(adapter, event)
+            self.mesh.relay_authenticated(adapter, event)
         elif event.resumed:
             # A resumed session gets what it missed without asking: the mailbox, pushed.
             self._sync(adapter, SyncRequest(0, 100))
 
     def link_lost(self, adapter: LinkAdapter) -> None:
+        self.mesh.forget(adapter)
         waiting = self._unacked.pop(adapter, None)
         if waiting:
             for message_id, (recipient, body) in waiting.items():
@@ -325,6 +379,8 @@ class Router:
             self._ack(adapter, frame)
         elif kind is PunchRequest:
             self._punch(adapter, frame)
+        elif kind is Pex and self.pex is not None:
+            self.pex.handle(adapter, frame)
 
     # -- delivery ------------------------------------------------------------
 
@@ -371,9 +427,12 @@ class Router:
             self.stats.count(self.stats.dropped, error.reason)
             return
         self._hop_latency(self._clock() - started)
+        self._processed += 1
+        if not self._processed & 1023:
+            self._replay_pressure()
         kind = type(result)
         if kind is onion.Forwarded:
-            self._mesh.forward(result.next_node_id, Onion(result.packet))
+            self.mesh.forward(result.next_node_id, Onion(result.packet))
         elif kind is onion.Delivered:
             try:
                 message_id, body = delivery.decode(result.payload)
@@ -493,8 +552,19 @@ class OnionRotation(Service):
 
     def startService(self) -> None:
         super().startService()
-        if not self._state_path.exists():
+        first_start = not self._state_path.exists()
+        if first_start:
             self._save()
+        if not self._restore_replay() and not first_start:
+            # The last run did not stop cleanly: its replay memory is gone, so a
+            # packet it saw could be replayed. A new key, with no overlap, closes that.
+            self.rotate()
+            for epoch in self._keyring.retire_expired(float("inf")):
+                self._replay.forget_epoch(epoch)
+            from ..identity import forget_previous_onion_key
+
+            forget_previous_onion_key(self._data_dir)
+            log.warn("the last run did not stop cleanly; onion key rotated without overlap")
         self._tick()
 
     def stopService(self):
@@ -502,6 +572,34 @@ class OnionRotation(Service):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        self._save_replay()
+
+    @property
+    def _replay_dir(self):
+        return self._data_dir / "onion-replay"
+
+    def _save_replay(self) -> None:
+        """Keep the replay memory across a clean stop; the marker says it is complete."""
+        directory = self._replay_dir
+        directory.mkdir(mode=0o700, exist_ok=True)
+        for stale in directory.glob("*"):
+            stale.unlink()
+        for epoch in self._keyring.epochs:
+            (directory / f"{epoch}.tags").write_bytes(self._replay.export(epoch))
+        (directory / "clean").write_text("the node stopped cleanly\n")
+
+    def _restore_replay(self) -> bool:
+        """Load the replay memory a clean stop left; False when there is none to trust."""
+        directory = self._replay_dir
+        marker = directory / "clean"
+        if not marker.exists():
+            return False
+        marker.unlink()
+        for epoch in self._keyring.epochs:
+            path = directory / f"{epoch}.tags"
+            if path.exists():
+                self._replay.restore(epoch, path.read_bytes())
+        return True
 
     def _save(self) -> None:
         import json
@@ -517,11 +615,18 @@ class OnionRotation(Service):
         for epoch in self._keyring.retire_expired(self._reactor.seconds()):
             self._replay.forget_epoch(epoch)
             forget_previous_onion_key(self._data_dir)
-        full = self._replay.size(self._keyring.epoch) >= 0.9 * self._replay.max_entries_per_epoch
-        if self._wall() >= self._state["since"] + self._interval or full:
+        if self._wall() >= self._state["since"] + self._interval or self.replay_nearly_full():
             self.rotate()
         due = self._state["since"] + self._interval - self._wall()
         self._timer = self._reactor.callLater(max(0.0, min(due, self.MAX_SLEEP)), self._tick)
+
+    def replay_nearly_full(self) -> bool:
+        return self._replay.size(self._keyring.epoch) >= 0.9 * self._replay.max_entries_per_epoch
+
+    def relieve(self) -> None:
+        """Rotate now if the replay memory is nearly full (the router asks as packets pass)."""
+        if self.running and self.replay_nearly_full():
+            self.rotate()
 
     def rotate(self) -> None:
         from ..identity import rotate_onion_key

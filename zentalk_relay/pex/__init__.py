@@ -1,0 +1,1 @@
+"""Peer exchange: the peer book, the PEX messages, and discovery over relay links."""
