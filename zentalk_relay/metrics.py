@@ -158,6 +158,13 @@ class _LinkCollector(Collector):
         for reason, value in sorted(self._refusals().items()):
             refusals.add_metric([reason], value)
         yield refusals
+        limited = CounterMetricFamily("zentalk_link_rate_limited", "Frames refused by a per-link token bucket.",
+                                      labels=["what"])
+        values = {"messages": 0, "pex": 0}
+        values.update(self._stats.rate_limited)
+        for what, value in sorted(values.items()):
+            limited.add_metric([what], value)
+        yield limited
         closes = CounterMetricFamily("zentalk_link_closes", "Links closed, by reason (peer_ when the peer closed).",
                                      labels=["reason"])
         for reason, value in sorted(self._stats.closes.items()):

@@ -254,3 +254,15 @@ def test_an_idle_link_is_counted_as_idle_and_kept_while_it_answers(setup):
         wire.pump()
     assert hub.link_counts() == {("idle", "client"): 1}
     assert wire.server_side.conn.state is State.ACTIVE
+
+
+def test_the_client_gives_a_connection_five_seconds():
+    from twisted.internet.defer import Deferred
+
+    from zentalk_relay.client.link import connect
+
+    reactor = MemoryReactorClock()
+    boot = Bootstrap(b"\x01" * 32, b"\x02" * 32, (("192.0.2.1", 7400),))
+    Deferred.fromCoroutine(connect(reactor, boot, SigningKey.generate())).addErrback(lambda failure: None)
+    (host, port, factory, timeout, bind) = reactor.tcpClients[0]
+    assert (host, port, timeout) == ("192.0.2.1", 7400, 5.0)

@@ -352,3 +352,21 @@ def _tls_frames(units):
 def test_node_id_is_the_hash_of_the_key():
     pair = _active_pair()
     assert pair.responder.peer_id == hashlib.sha256(bytes(pair.client_key.verify_key)).digest()
+
+
+def test_connect_timeout():
+    pair = Pair()
+    link = pair.initiator
+    link.state = State.IDLE
+    link.connecting(pair.now)
+    assert link.state is State.CONNECTING and link.next_deadline() == pair.now + 5
+    (closing,) = link.on_timer(pair.now + 5)
+    assert closing.code is ErrorCode.HANDSHAKE_TIMEOUT and "connect" in closing.reason
+
+
+def test_rate_limits_are_counted():
+    settings = LinkSettings(messages=Rate(100, 60.0, 2))
+    pair = _tls_responder(responder_settings=settings)
+    pair.pump()
+    pair.responder.receive_data(raw_frames(*_sends(3), frames.Pex(1), frames.Pex(1)), pair.now)
+    assert pair.responder.stats.rate_limited == {"messages": 1, "pex": 1}

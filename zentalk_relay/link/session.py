@@ -122,6 +122,7 @@ class LinkStats:
     bytes_out: int = 0
     handshakes: dict[str, int] = field(default_factory=dict)
     closes: dict[str, int] = field(default_factory=dict)
+    rate_limited: dict[str, int] = field(default_factory=dict)  # by what: messages, pex
 
     def count(self, table: dict[str, int], key: str, amount: int = 1) -> None:
         table[key] = table.get(key, 0) + amount
@@ -535,6 +536,7 @@ class LinkConnection:
             # Relays forward for many clients: only client links are rate limited.
             if kind is not Deliver and self.peer_role is Role.CLIENT and not self._buckets["messages"].take(now):
                 self._consumed(1)
+                self.stats.count(self.stats.rate_limited, "messages")
                 retry = self._buckets["messages"].retry_after(now)
                 if kind is Send:
                     self._queue(Receipt(frame.message_id, frames.ReceiptStatus.REFUSED, ErrorCode.RATE_LIMITED),
@@ -554,6 +556,7 @@ class LinkConnection:
             return self._close(ErrorCode.NORMAL, frame.reason, by_peer=True, peer_code=frame.code)
         if kind in _APPLICATION:
             if kind is frames.Pex and frame.subtype == PEX_REQUEST and not self._buckets["pex"].take(now):
+                self.stats.count(self.stats.rate_limited, "pex")
                 self._queue(Error(ErrorCode.RATE_LIMITED, "one PEX request per minute"), Priority.BACKGROUND)
                 return []
             return [Received(frame)]
