@@ -9,6 +9,7 @@ from nacl.signing import SigningKey
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
+from tests.support.routers import DirectRouter
 from zentalk_relay.bootstrap import Bootstrap
 from zentalk_relay.client.link import ClientLink, _connection_maker
 from zentalk_relay.config import load
@@ -77,6 +78,7 @@ def setup(tmp_path):
         identity, _ = load_identity(tmp_path)
         link_settings = settings_from(config.link)
         hub = LinkHub(reactor, config.link, identity, LinkStats(), link_settings)
+        hub.router = DirectRouter(hub)
         return reactor, hub, identity
 
     return make

@@ -21,7 +21,7 @@ from ..identity import Identity
 from ..listen import ListenError, describe_port, listen_stream
 from ..logs import logger
 from ..ratelimit import Rate
-from .frames import Deliver, ErrorCode, FlowReason, Receipt, ReceiptStatus, Role, Send
+from .frames import ErrorCode, Role
 from .protocol import LinkAdapter, StreamLinkProtocol, WebSocketLinkProtocol
 from .session import Authenticated, Carrier, LinkConnection, LinkSettings, LinkStats, Priority, State
 
@@ -157,21 +157,6 @@ class LinkHub:
     def frame_received(self, adapter: LinkAdapter, frame) -> None:
         if self.router is not None:
             self.router.handle(adapter, frame)
-        elif type(frame) is Send:
-            self._route(adapter, frame)
-
-    def _route(self, sender: LinkAdapter, send: Send) -> None:
-        """Delivery without a mailbox: to a connected recipient or refused."""
-        links = self.by_peer.get(send.recipient)
-        if not links:
-            sender.send(Receipt(send.message_id, ReceiptStatus.REFUSED, ErrorCode.UNKNOWN_RECIPIENT))
-            return
-        target = links[-1]
-        if target.send(Deliver(send.message_id, send.body)):
-            sender.send(Receipt(send.message_id, ReceiptStatus.DELIVERED))
-            return
-        sender.send(Receipt(send.message_id, ReceiptStatus.REFUSED, ErrorCode.RECIPIENT_BUSY))
-        sender.throttle(self.settings.window_min, FlowReason.BUFFER_FULL, 250)
 
     def credit_available(self, adapter: LinkAdapter) -> None:
         adapter.flush()
