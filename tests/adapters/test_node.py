@@ -48,12 +48,12 @@ def events():
 
 @pytest.fixture
 def running(tmp_path, events):
-    reactor = MemoryReactorClock()
-    node = build_node(reactor, _config(tmp_path))
+    memory = MemoryReactorClock()
+    node = build_node(memory, _config(tmp_path))
     node.privilegedStartService()
     node.startService()
-    reactor.run()
-    yield reactor, node
+    memory.run()  # the memory reactor's run: it fires callWhenRunning hooks and returns
+    yield memory, node
     if node.running:
         node.stopService()
 
