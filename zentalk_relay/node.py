@@ -16,7 +16,7 @@ from typing import Callable
 
 from twisted.application.service import MultiService
 
-from . import __version__
+from . import __version__, systemd
 from .bootstrap import Bootstrap
 from .config import Config
 from .identity import Identity, load_identity
@@ -49,6 +49,7 @@ class Node(MultiService):
         self.identity = identity
         self.metrics = metrics
         self._started_at: float | None = None
+        self._watchdog = None
         #: The onion key to publish: the relay's current one once delivery is built.
         self.onion_public: Callable[[], bytes] = lambda: identity.onion_public
 
@@ -106,10 +107,15 @@ class Node(MultiService):
         if not self.running:
             return
         self._write_endpoints()
+        systemd.notify(f"READY=1\nSTATUS=serving {', '.join(s.name for s in self)}\nMAINPID={os.getpid()}")
+        self._watchdog = systemd.start_watchdog(self.reactor)
         log.info("node {node_id} running, version {version}", node_id=self.identity.node_id.hex()[:16],
                  version=__version__)
 
     def stopService(self):
+        systemd.notify("STOPPING=1")
+        if self._watchdog is not None and self._watchdog.running:
+            self._watchdog.stop()
         try:
             self.endpoints_file.unlink()
         except FileNotFoundError:

@@ -42,7 +42,8 @@ class NodeProcess:
 
     READY = re.compile(r"node [0-9a-f]{16} running")
 
-    def __init__(self, workdir: Path, *args: str) -> None:
+    def __init__(self, workdir: Path, *args: str, env: dict | None = None) -> None:
+        self.env = {**CHECKOUT_ENV, **(env or {})}
         self.workdir = workdir
         self.data_dir = workdir / "data"
         self.args = args
@@ -57,7 +58,7 @@ class NodeProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=CHECKOUT_ENV,
+            env=self.env,
         )
         if wait:
             self.wait_for(self.READY)
@@ -159,10 +160,10 @@ class NodeProcess:
 def start_node(tmp_path):
     nodes: list[NodeProcess] = []
 
-    def start(*args: str, wait: bool = True, workdir: Path | None = None) -> NodeProcess:
+    def start(*args: str, wait: bool = True, workdir: Path | None = None, env: dict | None = None) -> NodeProcess:
         directory = workdir or tmp_path / f"node{len(nodes)}"
         directory.mkdir(exist_ok=True)
-        node = NodeProcess(directory, *args)
+        node = NodeProcess(directory, *args, env=env)
         nodes.append(node)
         return node.start(wait=wait)
 
