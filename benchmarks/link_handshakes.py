@@ -188,7 +188,8 @@ def connector_main(args) -> int:
     bootstrap = parse(args.bootstrap)
     expected = hashlib.sha256(bootstrap.ed25519_public).digest()
     settings = LinkSettings()
-    keys = [SigningKey.generate() for _ in range(64)]
+    # distinct client keys, so that no node id has more than links_per_peer (3) links in flight at once
+    keys = [SigningKey.generate() for _ in range(2 * args.concurrency + 64)]
     stats = {"verified": 0, "verify_skipped": 0}
 
     real_verify = auth.verify
@@ -272,6 +273,7 @@ def connector_main(args) -> int:
         if cpu0 is None and now >= m_start:
             cpu0, srv0 = time.process_time(), linkbench.cpu_seconds(args.server_pid)
             stat0, procs0 = linkbench.cpu_stat(), linkbench.all_cpu()
+            drops0 = linkbench.listen_drops()
             ok = 0
             latencies.clear()
         if now >= m_end:
@@ -347,8 +349,12 @@ def connector_main(args) -> int:
             result["srv_cpu"] = round((srv1 - srv0) / wall_s, 3)
             result["srv_cpu_s"] = round(srv1 - srv0, 3)
         result["cpus"] = linkbench.cpu_stat_delta(stat0, linkbench.cpu_stat())
-        result["foreign_cpu"] = round(linkbench.foreign_cpu(procs0, linkbench.all_cpu(),
-                                                            {os.getpid(), args.server_pid}) / wall_s, 3)
+        drops1 = linkbench.listen_drops()
+        result["listen_drops"] = None if drops0 is None or drops1 is None else drops1 - drops0
+        procs1 = linkbench.all_cpu()
+        result["foreign_cpu"] = round(linkbench.foreign_cpu(procs0, procs1, {os.getpid(), args.server_pid})
+                                      / wall_s, 3)
+        result["kernel_cpu"] = round(linkbench.kernel_cpu(procs0, procs1) / wall_s, 3)
     lat = sorted(latencies)
     for q in (50, 99):
         v = linkbench.percentile(lat, q)
@@ -510,7 +516,7 @@ def bench(args) -> int:
         print(f"raw bound: 1 / {crypto['us_per_handshake']:.2f} us = {bound:,.0f} handshakes/s")
     print()
     head = ["in flight", "handshakes/s", "raw bound/s", "ratio", "node us/hs", "p50 ms", "p99 ms",
-            f"cpu{args.server_cpu} busy", "srv cpu", "gen cpu", "other", "failed"]
+            f"cpu{args.server_cpu} busy", "srv cpu", "gen cpu", "other", "SYN drops", "failed"]
     body = []
     for r in rows:
         cpus = r.get("cpus") or {}
@@ -522,10 +528,12 @@ def bench(args) -> int:
                      "n/a" if busy is None else f"{busy:.2f}", _f(r.get("srv_cpu")), _f(r.get("gen_cpu")),
                      _f(linkbench.disturbance(r, args.server_cpu))
                      + ("!" if linkbench.disturbance(r, args.server_cpu) > linkbench.DISTURBED else ""),
+                     "n/a" if r.get("listen_drops") is None else str(r["listen_drops"]),
                      str(sum(r.get("failures", {}).values()))])
     print(linkbench.table(head, body, left=()))
     print("  node us/hs: the node's CPU time per handshake (srv cpu / rate); other: CPU taken by other processes, "
-          f"in cores (! > {linkbench.DISTURBED:g}: numbers disturbed)")
+          f"in cores (! > {linkbench.DISTURBED:g}: numbers disturbed); SYN drops: TcpExt ListenDrops during the "
+          "run (a full accept queue: the client retries after 1 s, 3 s, ...)")
     if rows:
         r = rows[-1]
         print(f"  connector: {r['pool']:,} handshakes prepared before the run ({r['pool_build_s']:.1f} s), "

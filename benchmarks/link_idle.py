@@ -377,12 +377,14 @@ def bench(args) -> int:
             result["idle_cpu_s"] = round(c_prev - c0, 3) if c_prev is not None else None
             result["idle_cpu_max_1s"] = max(series) if series else None
             result["idle_cpu_series"] = series
-            result["foreign_cpu"] = round(linkbench.foreign_cpu(procs0, linkbench.all_cpu(),
-                                                                {os.getpid(), node.pid}
+            procs1 = linkbench.all_cpu()
+            result["foreign_cpu"] = round(linkbench.foreign_cpu(procs0, procs1, {os.getpid(), node.pid}
                                                                 | {p.pid for p in clients.procs}) / wall, 3)
+            result["kernel_cpu"] = round(linkbench.kernel_cpu(procs0, procs1) / wall, 3)
             result["cpus"] = linkbench.cpu_stat_delta(stat0, linkbench.cpu_stat())
             result["other_cpu"] = linkbench.disturbance(
-                {"foreign_cpu": result["foreign_cpu"], "cpus": result["cpus"], "srv_cpu": result["idle_cpu"]},
+                {"foreign_cpu": result["foreign_cpu"], "kernel_cpu": result["kernel_cpu"], "cpus": result["cpus"],
+                 "srv_cpu": result["idle_cpu"]},
                 args.server_cpu)
             frames1 = frames_metric(node)
             result["frames_idle"] = {k: frames1[k] - frames0[k] for k in frames0}
@@ -471,7 +473,7 @@ def report(args, r: dict, errors: list[str]) -> None:
         ["PINGs clients -> node in window", _n((r.get("frames_idle") or {}).get("ping_in")),
          f"PONGs sent {_n((r.get('frames_idle') or {}).get('pong_out'))}"],
         ["other processes' CPU", _f(r.get("other_cpu")) + " cores",
-         "disturbed" if (r.get("other_cpu") or 0) > linkbench.DISTURBED else ""],
+         "the node's figures are its own CPU time" if (r.get("other_cpu") or 0) > linkbench.DISTURBED else ""],
     ]
     print(linkbench.table(["", "value", "note"], rows, left=(0, 2)))
     pings = (r.get("frames_idle") or {}).get("ping_out") or 0

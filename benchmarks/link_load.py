@@ -90,6 +90,7 @@ class Phase:
         self.srv_cpu = None
         self.cpus = None
         self.foreign_cpu = None
+        self.kernel_cpu = None
 
     def result(self) -> dict:
         lat = sorted(self.latencies)
@@ -102,7 +103,7 @@ class Phase:
             "p50_ms": ms(50), "p90_ms": ms(90), "p99_ms": ms(99), "p999_ms": ms(99.9),
             "max_ms": None if not lat else round(lat[-1] * 1000, 3),
             "gen_cpu": self.gen_cpu, "srv_cpu": self.srv_cpu, "cpus": self.cpus,
-            "foreign_cpu": self.foreign_cpu,
+            "foreign_cpu": self.foreign_cpu, "kernel_cpu": self.kernel_cpu,
             "behind_s": round(self.behind, 4),
         }
 
@@ -256,8 +257,10 @@ class Driver:
             wall = max(1e-9, end - self.m_start)
             if cpu0 is not None:
                 phase.cpus = linkbench.cpu_stat_delta(stat0, linkbench.cpu_stat())
+                procs1 = linkbench.all_cpu()
                 phase.foreign_cpu = round(linkbench.foreign_cpu(
-                    procs0, linkbench.all_cpu(), {os.getpid(), self.server_pid}) / wall, 3)
+                    procs0, procs1, {os.getpid(), self.server_pid}) / wall, 3)
+                phase.kernel_cpu = round(linkbench.kernel_cpu(procs0, procs1) / wall, 3)
                 phase.gen_cpu = round((cpu1 - cpu0) / wall, 3)
                 if srv0 is not None and srv1 is not None:
                     phase.srv_cpu = round((srv1 - srv0) / wall, 3)
@@ -814,8 +817,10 @@ def run_client(args) -> dict:
         wall = end - m_start
         phase.gen_cpu = round((time.process_time() - cpu["cpu0"]) / wall, 3)
         phase.cpus = linkbench.cpu_stat_delta(cpu["stat0"], linkbench.cpu_stat())
+        procs1 = linkbench.all_cpu()
         phase.foreign_cpu = round(linkbench.foreign_cpu(
-            cpu["procs0"], linkbench.all_cpu(), {os.getpid(), args.server_pid}) / wall, 3)
+            cpu["procs0"], procs1, {os.getpid(), args.server_pid}) / wall, 3)
+        phase.kernel_cpu = round(linkbench.kernel_cpu(cpu["procs0"], procs1) / wall, 3)
         srv1 = cpu_of(args.server_pid)
         if cpu.get("srv0") is not None and srv1 is not None:
             phase.srv_cpu = round((srv1 - cpu["srv0"]) / wall, 3)

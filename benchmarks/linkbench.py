@@ -386,20 +386,36 @@ def format_profile(summary: dict, top: int = 25) -> str:
 
 
 def all_cpu() -> dict[int, float]:
-    """utime + stime of every process now, by pid (a snapshot for :func:`foreign_cpu`)."""
+    """utime + stime of every process now, by pid; kernel threads (children of kthreadd,
+    e.g. ksoftirqd doing our loopback traffic's softirq work) under negative keys."""
     out = {}
+    tick = os.sysconf("SC_CLK_TCK")
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            seconds = cpu_seconds(int(entry))
-            if seconds is not None:
-                out[int(entry)] = seconds
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        try:
+            seconds = (int(fields[11]) + int(fields[12])) / tick
+            kernel = fields[1] == "2" or entry == "2"  # ppid kthreadd
+        except (IndexError, ValueError):
+            continue
+        out[-int(entry) if kernel else int(entry)] = seconds
     return out
 
 
 def foreign_cpu(before: dict[int, float], after: dict[int, float], exclude: set[int]) -> float:
-    """CPU seconds used between two snapshots by processes not in ``exclude``
-    (processes that started and ended in between are missed)."""
-    return sum(max(0.0, t - before.get(pid, 0.0)) for pid, t in after.items() if pid not in exclude)
+    """CPU seconds used between two :func:`all_cpu` snapshots by user processes not in
+    ``exclude`` (processes that started and ended in between are missed)."""
+    return sum(max(0.0, t - before.get(pid, 0.0)) for pid, t in after.items() if pid > 0 and pid not in exclude)
+
+
+def kernel_cpu(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds used between two snapshots by kernel threads (softirq and workqueues)."""
+    return sum(max(0.0, t - before.get(pid, 0.0)) for pid, t in after.items() if pid < 0)
 
 
 def wait_quiet(max_wait: float, threshold: float = 0.05, quiet_for: float = 2.0) -> tuple[bool, float]:
@@ -431,13 +447,25 @@ def wait_quiet(max_wait: float, threshold: float = 0.05, quiet_for: float = 2.0)
 def disturbance(phase: dict, server_cpu: int) -> float:
     """How much CPU others took during a phase, in cores: the larger of the CPU used by
     processes not ours (short-lived ones that ended within the phase are missed) and the
-    server CPU's busy time not charged to the server process."""
+    server CPU's busy time charged neither to the server process nor to kernel threads."""
     foreign = phase.get("foreign_cpu") or 0.0
     cpus = phase.get("cpus") or {}
     busy = (cpus.get(str(server_cpu)) or cpus.get(server_cpu) or {}).get("busy")
     srv = phase.get("srv_cpu")
-    unexplained = busy - srv if busy is not None and srv is not None else 0.0
+    kernel = phase.get("kernel_cpu") or 0.0  # softirq work for our own traffic, on either CPU
+    unexplained = busy - srv - kernel if busy is not None and srv is not None else 0.0
     return round(max(foreign, unexplained, 0.0), 3)
 
 
 DISTURBED = 0.08  # cores taken by others above which a measurement is flagged
+
+
+def listen_drops() -> int | None:
+    """Host-wide TcpExt ListenDrops: connection requests dropped because an accept queue
+    (a listener's backlog) was full, among other reasons."""
+    try:
+        with open("/proc/net/netstat") as f:
+            rows = [line.split() for line in f if line.startswith("TcpExt:")]
+        return int(rows[1][rows[0].index("ListenDrops")])
+    except (OSError, IndexError, ValueError):
+        return None

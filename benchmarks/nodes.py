@@ -78,12 +78,61 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+#: ``--tcp-nodelay``, a what-if experiment, not the package: the relay's link
+#: sockets (StreamLinkProtocol, accepted and mesh-dialled alike) get TCP_NODELAY,
+#: patched in at start by this wrapper around twistd; the package is unchanged.
+NODELAY_PATCH = """
+def _patch_nodelay():
+    from zentalk_relay.link import protocol
+
+    made = protocol.StreamLinkProtocol.connectionMade
+
+    def connectionMade(self):
+        setter = getattr(self.transport, "setTcpNoDelay", None)
+        if setter is not None:
+            setter(True)
+        made(self)
+
+    protocol.StreamLinkProtocol.connectionMade = connectionMade
+"""
+NODELAY_TWISTD = NODELAY_PATCH + """
+_patch_nodelay()
+import sys
+sys.argv[0] = "twistd"
+from twisted.scripts.twistd import run
+run()
+"""
+
+
+def patch_nodelay() -> None:
+    """In a driver process: the same experiment for the reference client's sockets."""
+    namespace: dict = {}
+    exec(NODELAY_PATCH, namespace)  # noqa: S102 - our own constant
+    namespace["_patch_nodelay"]()
+
+
+class RelayNode(linkbench.Node):
+    """linkbench.Node, optionally started through the TCP_NODELAY wrapper."""
+
+    nodelay = False
+
+    def command(self) -> list[str]:
+        cmd = super().command()
+        if self.nodelay:
+            wrapper = self.workdir / "twistd_nodelay.py"
+            wrapper.write_text(NODELAY_TWISTD)
+            at = cmd.index(linkbench.twistd_path())
+            cmd[at:at + 1] = [sys.executable, str(wrapper)]
+        return cmd
+
+
 def start_relays(base: Path, names: list[str], cpu: str, settings: list[str],
-                 ready_timeout: float = 30.0) -> dict[str, linkbench.Node]:
+                 ready_timeout: float = 30.0, nodelay: bool = False) -> dict[str, linkbench.Node]:
     """Start one relay per name, each with the others as mesh peers; returns them by name.
 
     ``cpu`` is a taskset CPU list ("0", "0,1") shared by all of them. On any
-    failure the relays already started are stopped before the error propagates."""
+    failure the relays already started are stopped before the error propagates.
+    ``nodelay``: the TCP_NODELAY experiment (:data:`NODELAY_TWISTD`)."""
     infos, ports = {}, {}
     for name in names:
         data = base / f"relay-{name}" / "data"
@@ -98,7 +147,8 @@ def start_relays(base: Path, names: list[str], cpu: str, settings: list[str],
             mine = list(settings) + [f'link.tcp=["tcp:{ports[name]}:interface={HOST}"]']
             if peers:
                 mine.append("mesh.peers=" + json.dumps(peers))
-            node = linkbench.Node(base / f"relay-{name}", cpu, mine, ready_timeout=ready_timeout)
+            node = RelayNode(base / f"relay-{name}", cpu, mine, ready_timeout=ready_timeout)
+            node.nodelay = nodelay
             nodes[name] = node
             node.start()
             status = node.get_json("/status")

@@ -41,7 +41,8 @@ def _info(args: argparse.Namespace) -> int:
     identity, _ = load_identity(config.node.data_dir, create=False)
     endpoints: dict[str, list[str]] = {}
     if config.stun.enabled:
-        endpoints["stun"] = [f"udp:{address}" for address in config.stun.udp]
+        endpoints["stun"] = [f"udp:{address}" for address in config.stun.udp] + list(config.stun.tcp) + (
+            [f"tls:{config.stun.tls}"] if config.stun.tls else [])
     if config.link.enabled:
         endpoints["link"] = list(config.link.tcp) + [
             f"{kind}:{value}" for kind, value in (("tls", config.link.tls), ("ws", config.link.websocket)) if value]

@@ -70,15 +70,15 @@ class _TurnCollector(Collector):
 
     def collect(self) -> Iterable:
         live = self._gauges()
-        allocations = GaugeMetricFamily("zentalk_turn_allocations", "TURN allocations held now, by client "
+        allocations = GaugeMetricFamily("zentalk_turn_allocations_active", "TURN allocations held now, by client "
                                         "transport and relayed address family.", labels=["transport", "family"])
         counts = {(transport, family): 0 for transport in ("udp", "tcp", "tls") for family in ("ipv4", "ipv6")}
         counts.update(live["allocations"])
         for (transport, family), value in sorted(counts.items()):
             allocations.add_metric([transport, family], value)
         yield allocations
-        yield GaugeMetricFamily("zentalk_turn_permissions", "TURN permissions held now.", value=live["permissions"])
-        yield GaugeMetricFamily("zentalk_turn_channels", "TURN channels bound now.", value=live["channels"])
+        yield GaugeMetricFamily("zentalk_turn_permissions_active", "TURN permissions held now.", value=live["permissions"])
+        yield GaugeMetricFamily("zentalk_turn_channels_active", "TURN channels bound now.", value=live["channels"])
         requests = dict(self._stats.requests)
         results = CounterMetricFamily("zentalk_turn_allocations", "Allocate requests answered, by result.",
                                       labels=["result"])

@@ -41,6 +41,9 @@ class FakeSocket:
     def sendto(self, data, address):
         self.sent.append((data, address))
 
+    def recvfrom(self, size):
+        raise BlockingIOError(errno.EAGAIN, "nothing queued")
+
     def close(self):
         self.closed = True
 
@@ -106,7 +109,7 @@ def test_udp_allocation_relays_channel_data_both_ways(harness):
     reply = harness.allocate()
     assert reply.cls is MessageClass.SUCCESS, error_code(reply.raw)
     relayed = stun.decode_xor_address(reply.get(Attr.XOR_RELAYED_ADDRESS), reply.transaction_id)
-    assert relayed in harness.binder.sockets and len(harness.reactor.adoptedPorts) == 1
+    assert relayed in harness.binder.sockets and len(harness.reactor.readers) == 1
     assert harness.request(Method.CHANNEL_BIND, [
         (Attr.CHANNEL_NUMBER, b"\x40\x00\x00\x00"),
         (Attr.XOR_PEER_ADDRESS, lambda tid: stun.encode_xor_address(*PEER_V4, tid))]).cls is MessageClass.SUCCESS
@@ -171,7 +174,50 @@ def test_stop_closes_relays_and_cancels_the_timer(harness):
     harness.allocate()
     sock = harness.relay_socket()
     harness.hub.stop()
-    assert sock.closed and harness.reactor.getDelayedCalls() == []
+    assert sock.closed and harness.reactor.getDelayedCalls() == [] and not harness.reactor.readers
+
+
+class ScriptedSocket(FakeSocket):
+    """recvfrom hands out queued datagrams, then EAGAIN."""
+
+    def __init__(self, queue):
+        super().__init__()
+        self.queue = list(queue)
+
+    def fileno(self):
+        return 99
+
+    def recvfrom(self, size):
+        if not self.queue:
+            raise BlockingIOError(errno.EAGAIN, "again")
+        item = self.queue.pop(0)
+        if isinstance(item, OSError):
+            raise item
+        return item
+
+
+def test_datagram_reader_reads_until_eagain_within_its_budget_and_survives_errors():
+    from zentalk_relay.nat.protocol import DatagramReader
+
+    reactor = MemoryReactorClock()
+    got = []
+    sock = ScriptedSocket([(b"a", ("192.0.2.1", 1)), OSError(errno.ECONNREFUSED, "refused"),
+                           (b"b", ("2001:db8::1", 2, 0, 0)), (b"boom", ("192.0.2.1", 1)), (b"c", ("192.0.2.1", 1))])
+
+    def receive(data, address):
+        if data == b"boom":
+            raise ValueError("a bug")
+        got.append((data, address))
+
+    reader = DatagramReader(reactor, sock, receive, budget=4)
+    reader.start()
+    assert reader in reactor.readers
+    reader.doRead()
+    assert got == [(b"a", ("192.0.2.1", 1)), (b"b", ("2001:db8::1", 2))] and reader.errors == 2
+    reader.doRead()
+    assert got[-1] == (b"c", ("192.0.2.1", 1))
+    reader.stop()
+    assert reader not in reactor.readers
 
 
 def _framed_client(harness, kind="tcp"):

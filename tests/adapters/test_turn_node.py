@@ -47,10 +47,10 @@ def test_turn_metrics_exist_from_the_first_scrape(tmp_path):
     reactor, node = _start(_config(tmp_path))
     try:
         text = _metrics(reactor)
-        for line in ('zentalk_turn_allocations{family="ipv4",transport="udp"} 0.0',
+        for line in ('zentalk_turn_allocations_active{family="ipv4",transport="udp"} 0.0',
                      'zentalk_turn_allocations_total{result="success"} 0.0',
                      'zentalk_turn_allocations_total{result="quota"} 0.0',
-                     "zentalk_turn_permissions 0.0", "zentalk_turn_channels 0.0",
+                     "zentalk_turn_permissions_active 0.0", "zentalk_turn_channels_active 0.0",
                      'zentalk_turn_relayed_bytes_total{direction="to_peer"} 0.0',
                      'zentalk_turn_relayed_packets_total{direction="to_client"} 0.0',
                      'zentalk_turn_refusals_total{reason="peer_loopback"} 0.0',
@@ -58,6 +58,10 @@ def test_turn_metrics_exist_from_the_first_scrape(tmp_path):
                      'zentalk_turn_dropped_total{reason="no_permission"} 0.0',
                      'zentalk_turn_requests_total{method="allocate",result="success"} 0.0'):
             assert line in text, line
+        type_lines = [line for line in text.splitlines() if line.startswith("# TYPE ")]
+        assert len(type_lines) == len(set(type_lines)), "a metric family is declared twice"
+        names = [line.split()[2] for line in type_lines]
+        assert len(names) == len(set(names)), "two families share a name"
         stun = node.getServiceNamed("stun")
         assert stun.turn is not None and stun.turn.settings.relays[4].bind == "127.0.0.1"
     finally:

@@ -159,6 +159,29 @@ def test_uclient_relays_channel_data(turn_node, peer, transport):
     assert "Traceback" not in node.text
 
 
+def _certificate(directory):
+    key, cert = directory / "key.pem", directory / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-days", "2", "-subj", "/CN=turn.test", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    key.chmod(0o600)
+    return cert, key
+
+
+def _tls_settings(cert, key):
+    return ('stun.tls="tcp:0:interface=127.0.0.1"', f'stun.tls_certificate="{cert}"', f'stun.tls_private_key="{key}"')
+
+
+def test_uclient_over_tls(turn_node, peer, tmp_path):
+    node = turn_node("turn.rfc5766_channels=true", *_tls_settings(*_certificate(tmp_path)))
+    echo = peer()
+    _, port = node.stream_address("stun", "tls")
+    sent, received, lost = _relayed(_uclient(port, echo, "-t", "-S"))
+    assert sent >= 10 and received == sent and lost == 0
+    text = _turn_metrics(node)
+    assert metric(text, "zentalk_turn_allocations_total", result="success") >= 1
+
+
 def test_uclient_over_ipv6_with_an_ipv6_relayed_address(turn_node, peer):
     node = turn_node()
     echo = peer("::1")
@@ -247,7 +270,7 @@ def test_aioice_relays_data_intact(turn_node, transport):
     assert relayed[0] == "127.0.0.1" and 49152 <= relayed[1] <= 65535 and errors == 0
     text = _turn_metrics(node)
     assert metric(text, "zentalk_turn_relayed_bytes_total", direction="to_client") >= 1 + 3 + 100 + 1200 + 1400 + 4000
-    assert metric(text, "zentalk_turn_allocations", family="ipv4", transport=transport) == 0  # deleted on close
+    assert metric(text, "zentalk_turn_allocations_active", family="ipv4", transport=transport) == 0  # deleted on close
 
 
 def test_aioice_with_rest_api_credentials(turn_node):
@@ -281,13 +304,8 @@ def test_aioice_fails_without_valid_credentials(turn_node, password):
 
 
 def test_aioice_over_tls(turn_node, tmp_path):
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                    "-days", "2", "-subj", "/CN=turn.test", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True, timeout=60)
-    key.chmod(0o600)
-    node = turn_node('stun.tls="tcp:0:interface=127.0.0.1"', f'stun.tls_certificate="{cert}"',
-                     f'stun.tls_private_key="{key}"')
+    cert, key = _certificate(tmp_path)
+    node = turn_node(*_tls_settings(cert, key))
     context = ssl.create_default_context(cafile=str(cert))
     context.check_hostname = False
     relayed, _ = asyncio.run(_aioice_round_trips(node.stream_address("stun", "tls"), "tcp", tls=context))

@@ -211,6 +211,16 @@ def test_unauthenticated_answers_are_rate_limited_per_source(server):
     assert replies(client.send(client.build(Method.ALLOCATE, auth=False), now=0.5))  # refilled at 10/s
 
 
+def test_attributes_after_message_integrity_are_ignored(alice, server):
+    """Anyone on the path could append them: a LIFETIME of 0 added after the MAC deletes nothing."""
+    data = alice.build(Method.REFRESH, fingerprint=False)
+    appended = data + struct.pack("!HH", Attr.LIFETIME, 4) + b"\0\0\0\0"
+    appended = appended[:2] + struct.pack("!H", len(appended) - 20) + appended[4:]
+    reply = stun.decode(replies(alice.send(appended, 1.0))[0])
+    assert reply.cls is MessageClass.SUCCESS and attribute_u32(reply, Attr.LIFETIME) == 600
+    assert server.allocation_for(CLIENT) is not None
+
+
 def test_unknown_comprehension_required_attribute_gets_signed_420(server):
     client = TurnClient(server)
     client.login()

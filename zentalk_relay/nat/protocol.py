@@ -25,17 +25,20 @@ import socket
 from typing import Callable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReadDescriptor
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from zope.interface import implementer
 
-from ..listen import adopt_udp, bind_udp
+from ..listen import MAX_DATAGRAM, bind_udp
 from ..logs import logger
 from .binding import BehaviourResponder, BindingResponder
 from .turn import CloseRelay, FramingError, OpenRelays, StreamFramer, ToClient, ToPeer, TurnServer
 
 log = logger(__name__)
 
+#: Kernel buffers of a relayed socket: one allocation carries one call's media, and
+#: thousands of sockets at the listeners' 4 MiB each would pin memory for nothing.
+RELAY_SOCKET_BUFFER = 256 * 1024
 #: The STUN message types whose method is Binding (request, indication, success, error).
 _BINDING_TYPE_MASK = 0x3EEF
 
@@ -56,12 +59,92 @@ class StunDatagramProtocol(DatagramProtocol):
             self.transport.write(reply, addr)
 
 
-class _Relay:
-    __slots__ = ("sock", "port", "protocol")
+@implementer(IReadDescriptor)
+class DatagramReader:
+    """Reads a UDP socket for the reactor and hands every datagram to ``receive(data, address)``.
 
-    def __init__(self, sock: socket.socket, port, protocol: "RelayProtocol") -> None:
+    Used for relayed sockets instead of an adopted ``udp.Port``: a relayed
+    socket opens and closes with every allocation, and a Port would log both
+    at info level through Twisted's own logger; reading here also skips the
+    Port's per-datagram bookkeeping on the busiest path. At most ``budget``
+    datagrams are read per call so that one busy socket cannot starve the
+    others.
+    """
+
+    def __init__(self, reactor, sock: socket.socket, receive: Callable[[bytes, tuple], None],
+                 budget: int = 256) -> None:
+        self._reactor = reactor
+        self._fileno = sock.fileno()
+        self._recvfrom = sock.recvfrom
+        self._receive = receive
+        self._budget = budget
+        self.errors = 0
+        self.reading = False
+
+    def fileno(self) -> int:
+        return self._fileno
+
+    def logPrefix(self) -> str:
+        return "nat-relay"
+
+    def start(self) -> None:
+        self._reactor.addReader(self)
+        self.reading = True
+
+    def stop(self) -> None:
+        if self.reading:
+            self._reactor.removeReader(self)
+            self.reading = False
+
+    def doRead(self) -> None:
+        recvfrom = self._recvfrom
+        receive = self._receive
+        for _ in range(self._budget):
+            try:
+                data, address = recvfrom(MAX_DATAGRAM)
+            except BlockingIOError:
+                return
+            except OSError:  # an ICMP error queued on the socket: read on
+                self.errors += 1
+                continue
+            try:
+                receive(data, address[:2])
+            except Exception:  # a bug must not stop the socket being read
+                self.errors += 1
+                log.failure("relayed datagram handling failed")
+
+    def connectionLost(self, reason) -> None:
+        self.reading = False
+
+
+class UdpListener:
+    """A listening UDP socket read by a :class:`DatagramReader`, listed by the service like a port."""
+
+    def __init__(self, reactor, sock: socket.socket, receive: Callable[[bytes, tuple], None]) -> None:
+        from twisted.internet.address import IPv4Address, IPv6Address
+
         self.sock = sock
-        self.port = port
+        self.reader = DatagramReader(reactor, sock, receive)
+        host, port = sock.getsockname()[:2]
+        self._address = (IPv6Address if ":" in host else IPv4Address)("UDP", host, port)
+
+    def startListening(self) -> None:
+        self.reader.start()
+
+    def getHost(self):
+        return self._address
+
+    def stopListening(self) -> None:
+        self.reader.stop()
+        self.sock.close()
+
+
+class _Relay:
+    __slots__ = ("sock", "reader", "protocol")
+
+    def __init__(self, sock: socket.socket, reader: DatagramReader, protocol: "RelayProtocol") -> None:
+        self.sock = sock
+        self.reader = reader
         self.protocol = protocol
 
 
@@ -148,7 +231,7 @@ class NatHub:
             opened = []
             try:
                 for number in (port, port + 1) if bind.pair else (port,):
-                    opened.append((number, self._bind(bind.host, number, self._buffer)))
+                    opened.append((number, self._bind(bind.host, number, min(self._buffer, RELAY_SOCKET_BUFFER))))
             except OSError:
                 for _, sock in opened:
                     sock.close()
@@ -156,19 +239,16 @@ class NatHub:
             for number, sock in opened:
                 key = (bind.host, number)
                 protocol = RelayProtocol(self, key)
-                try:
-                    listening = adopt_udp(self.reactor, sock, protocol)
-                except OSError:
-                    sock.close()
-                    continue
-                self.relays[key] = _Relay(sock, listening, protocol)
+                reader = DatagramReader(self.reactor, sock, protocol.datagramReceived)
+                reader.start()
+                self.relays[key] = _Relay(sock, reader, protocol)
             return port
         return None
 
     def _close(self, relay: tuple) -> None:
         entry = self.relays.pop(relay, None)
         if entry is not None:
-            entry.port.stopListening()
+            entry.reader.stop()
             entry.sock.close()
 
     # -- time ---------------------------------------------------------------------------
@@ -247,10 +327,8 @@ class NatDatagramProtocol(DatagramProtocol):
                 pass
 
 
-class RelayProtocol(DatagramProtocol):
+class RelayProtocol:
     """One relayed socket: datagrams from peers to the allocation's client."""
-
-    noisy = False
 
     def __init__(self, hub: NatHub, key: tuple) -> None:
         self._hub = hub

@@ -18,7 +18,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import gatherResults, maybeDeferred
 
 from ..config import StunConfig, TurnConfig, parse_host_port
-from ..listen import ListenError, adopt_udp, bind_udp, describe_port, listen_stream, listen_udp, open_udp
+from ..listen import ListenError, adopt_udp, bind_udp, describe_port, listen_stream, listen_udp
 from ..logs import logger
 from ..ratelimit import Rate
 from .binding import BehaviourResponder, BindingResponder, BindingStats
@@ -30,6 +30,7 @@ from .protocol import (
     NatHub,
     NatStreamFactory,
     StunDatagramProtocol,
+    UdpListener,
 )
 from .turn import CHANNEL_MAX, CHANNEL_MAX_RFC5766, RelayAddress, TurnServer, TurnSettings, TurnStats
 
@@ -113,7 +114,19 @@ def _tls_factory(config: StunConfig, wrapped):
         raise ListenError(f"no certificate in {config.tls_certificate}")
     options = CertificateOptions(privateKey=key, certificate=certificates[0], extraCertChain=certificates[1:],
                                  raiseMinimumTo=TLSVersion.TLSv1_2)
+    # ALPN: RFC 7443's ids when offered (coturn's client offers "stun.turn"),
+    # and no ALPN at all, rather than a failed handshake, for any other offer.
+    options.getContext().set_alpn_select_callback(_select_alpn)
     return TLSMemoryBIOFactory(options, False, wrapped)
+
+
+def _select_alpn(connection, offered: list[bytes]):
+    from OpenSSL.SSL import NO_OVERLAPPING_PROTOCOLS
+
+    for name in (b"stun.turn", b"stun.nat-discovery"):
+        if name in offered:
+            return name
+    return NO_OVERLAPPING_PROTOCOLS
 
 
 class NatService(Service):
@@ -155,6 +168,12 @@ class NatService(Service):
                 address = port.getHost()
                 if getattr(address, "host", "") not in ("", *_WILDCARDS):
                     self.turn.policy.add_own(address.host, address.port)
+            settings = self.turn.settings
+            log.info("TURN on for realm {realm}: relayed ports {low}-{high} on {relays}", realm=settings.realm,
+                     low=settings.port_min, high=settings.port_max,
+                     relays=", ".join(relay.advertised if relay.advertised == relay.bind
+                                      else f"{relay.advertised} (bound to {relay.bind})"
+                                      for relay in settings.relays.values()))
         super().privilegedStartService()
 
     def _log(self, kind: str, port) -> None:
@@ -173,8 +192,12 @@ class NatService(Service):
                 continue
             if self.hub is not None:
                 protocol = NatDatagramProtocol(self.responder, self.hub)
-                port, sock = open_udp(self._reactor, address, protocol, self._config.socket_buffer)
-                self._sockets.append(sock)
+                try:
+                    sock = bind_udp(host, parse_host_port(address)[1], self._config.socket_buffer)
+                except OSError as error:
+                    raise ListenError(f"cannot listen on udp {address}: {error.strerror}") from None
+                port = UdpListener(self._reactor, sock, protocol.datagramReceived)
+                port.startListening()
                 local = port.getHost()
                 protocol.bind((local.host, local.port), sock.sendto)
             else:

@@ -28,6 +28,7 @@ expire (438). Every refusal is counted by reason in :class:`TurnStats`.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import random
 import socket
@@ -331,6 +332,19 @@ def _peer_host(host: str) -> str:
     if ":" in host:
         return socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, host))
     return host
+
+
+def _protected(message: stun.Message) -> stun.Message:
+    """The message without what follows MESSAGE-INTEGRITY(-SHA256), which the MAC does not cover.
+
+    RFC 8489 section 14.5: attributes after MESSAGE-INTEGRITY are ignored
+    (but FINGERPRINT and MESSAGE-INTEGRITY-SHA256); anything else there could
+    have been added by anyone on the path.
+    """
+    for index, attribute in enumerate(message.attributes):
+        if attribute.type in (Attr.MESSAGE_INTEGRITY, Attr.MESSAGE_INTEGRITY_SHA256):
+            return dataclasses.replace(message, attributes=message.attributes[:index])
+    return message
 
 
 def _family_of(host: str) -> int:
@@ -704,6 +718,7 @@ class TurnServer:
         auth = self._authenticate(client, message, now)
         if not isinstance(auth, _Auth):
             return auth
+        message = _protected(message)
         unknown = message.unknown_required()
         if message.method == Method.ALLOCATE and message.find(Attr.DONT_FRAGMENT) is not None:
             # RFC 8656 section 7.2: a server that cannot set DF treats the
