@@ -162,13 +162,11 @@ def twistd_path():
 
 
 def child_env():
-    """Environment for twistd.  If zentalk_relay is not installed, put the
-    repository (and src/, if any) on PYTHONPATH so the zentalk-relay plugin is
-    found in a plain checkout (twistd may then write its gitignored
+    """Environment for twistd: the repository first on PYTHONPATH, so the node
+    measured is this checkout's (twistd may then write its gitignored
     twisted/plugins/dropin.cache there)."""
     env = dict(os.environ)
-    if importlib.util.find_spec("zentalk_relay") is not None:
-        return env
+    # Always the checkout's code: an installed copy may be older than what is measured.
     extra = [str(REPO)] + ([str(REPO / "src")] if (REPO / "src").is_dir() else [])
     if env.get("PYTHONPATH"):
         extra.append(env["PYTHONPATH"])

@@ -111,14 +111,12 @@ def _turn_credentials(args: argparse.Namespace) -> int:
 
 
 def _probe(args: argparse.Namespace) -> int:
-    """RFC 5780 NAT behaviour discovery against a STUN server."""
-    import random
+    """RFC 5780 NAT behaviour discovery against a STUN server (the reference client's detector)."""
     import socket
 
-    from twisted.internet import task
+    from twisted.internet import defer, task
 
-    from .nat.nat_type import NatTypeProbe
-    from .nat.protocol import ProbeProtocol
+    from .client.nat import discover
 
     try:
         infos = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_DGRAM,
@@ -126,29 +124,19 @@ def _probe(args: argparse.Namespace) -> int:
     except socket.gaierror as error:
         print(f"zentalk-relay: cannot resolve {args.host}: {error.strerror}", file=sys.stderr)
         return 1
-    family, _, _, _, server = infos[0]
-    server = server[:2]
-    # The local address the kernel would use towards the server: connect() on
-    # a datagram socket only picks a route, it sends nothing.
-    with socket.socket(family, socket.SOCK_DGRAM) as route:
-        route.connect(server)
-        local_host = route.getsockname()[0]
-    probe = NatTypeProbe(server, random.SystemRandom(), rto=args.rto)
-    local: list = []
+    server = infos[0][4][:2]
+    outcome: list = []
 
     def main(reactor):
-        protocol = ProbeProtocol(reactor, probe)
-        port = reactor.listenUDP(0, protocol, interface=local_host)
-        local.append((local_host, port.getHost().port))
-        probe.local = local[0]
-        return protocol.done.addBoth(lambda outcome: port.stopListening())
+        return defer.Deferred.fromCoroutine(discover(reactor, server, rto=args.rto)).addCallback(outcome.append)
 
     try:
         task.react(main)
     except SystemExit as exit_:  # react always ends with sys.exit
         if exit_.code not in (0, None):
             return 1
-    result = probe.result
+    result, local_address = outcome[0]
+    local = [local_address]
     if args.json:
         print(json.dumps({
             "server": list(server), "local": list(local[0]), "reachable": result.reachable,
