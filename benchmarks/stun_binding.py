@@ -15,7 +15,6 @@ All traffic goes to 127.0.0.1.  Every wait is bounded.
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import platform

@@ -36,31 +36,34 @@ from .nat import turn as _turn
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+def _family(kind, name: str, documentation: str, labels: list[str], values, zeros=()):
+    """A labelled family from ``values`` (label or label tuple -> number), ``zeros`` present from the start."""
+    family = kind(name, documentation, labels=labels)
+    merged = dict.fromkeys(zeros, 0)
+    merged.update(values)
+    for key, value in sorted(merged.items()):
+        family.add_metric(list(key) if isinstance(key, tuple) else [key], value)
+    return family
+
+
+def _counter(name, documentation, labels, values, zeros=()):
+    return _family(CounterMetricFamily, name, documentation, labels, values, zeros)
+
+
+def _gauge(name, documentation, labels, values, zeros=()):
+    return _family(GaugeMetricFamily, name, documentation, labels, values, zeros)
+
+
 class _StunCollector(Collector):
     def __init__(self, stats: BindingStats) -> None:
         self._stats = stats
 
     def collect(self) -> Iterable:
-        requests = CounterMetricFamily(
-            "zentalk_stun_requests",
-            "STUN requests and indications answered or accepted, by method and result.",
-            labels=["method", "result"],
-        )
-        counts = {("binding", "success"): 0, ("binding", "error"): 0, ("binding", "indication"): 0}
-        counts.update(self._stats.request_counts())
-        for (method, result), value in sorted(counts.items()):
-            requests.add_metric([method, result], value)
-        yield requests
-        dropped = CounterMetricFamily(
-            "zentalk_stun_dropped",
-            "STUN datagrams dropped without an answer, by reason.",
-            labels=["reason"],
-        )
-        reasons = dict.fromkeys(DROP_REASONS, 0)
-        reasons.update(self._stats.dropped)
-        for reason, value in sorted(reasons.items()):
-            dropped.add_metric([reason], value)
-        yield dropped
+        yield _counter("zentalk_stun_requests", "STUN requests and indications answered or accepted, by method and "
+                       "result.", ["method", "result"], self._stats.request_counts(),
+                       [("binding", "success"), ("binding", "error"), ("binding", "indication")])
+        yield _counter("zentalk_stun_dropped", "STUN datagrams dropped without an answer, by reason.", ["reason"],
+                       self._stats.dropped, DROP_REASONS)
 
 
 class _TurnCollector(Collector):
@@ -70,52 +73,25 @@ class _TurnCollector(Collector):
 
     def collect(self) -> Iterable:
         live = self._gauges()
-        allocations = GaugeMetricFamily("zentalk_turn_allocations_active", "TURN allocations held now, by client "
-                                        "transport and relayed address family.", labels=["transport", "family"])
-        counts = {(transport, family): 0 for transport in ("udp", "tcp", "tls") for family in ("ipv4", "ipv6")}
-        counts.update(live["allocations"])
-        for (transport, family), value in sorted(counts.items()):
-            allocations.add_metric([transport, family], value)
-        yield allocations
+        stats = self._stats
+        yield _gauge("zentalk_turn_allocations_active", "TURN allocations held now, by client transport and relayed "
+                     "address family.", ["transport", "family"], live["allocations"],
+                     [(transport, family) for transport in ("udp", "tcp", "tls") for family in ("ipv4", "ipv6")])
         yield GaugeMetricFamily("zentalk_turn_permissions_active", "TURN permissions held now.", value=live["permissions"])
         yield GaugeMetricFamily("zentalk_turn_channels_active", "TURN channels bound now.", value=live["channels"])
-        requests = dict(self._stats.requests)
-        results = CounterMetricFamily("zentalk_turn_allocations", "Allocate requests answered, by result.",
-                                      labels=["result"])
-        for result in _turn.RESULTS:
-            results.add_metric([result], requests.get(("allocate", result), 0))
-        yield results
-        by_method = CounterMetricFamily("zentalk_turn_requests", "TURN requests answered, by method and result.",
-                                        labels=["method", "result"])
-        series = {(method, "success"): 0 for method in _turn.METHODS[:-1]}
-        series.update(requests)
-        for (method, result), value in sorted(series.items()):
-            by_method.add_metric([method, result], value)
-        yield by_method
-        relayed_bytes = CounterMetricFamily("zentalk_turn_relayed_bytes", "Payload bytes relayed, by direction.",
-                                            labels=["direction"])
-        relayed_bytes.add_metric(["to_peer"], self._stats.to_peer_bytes)
-        relayed_bytes.add_metric(["to_client"], self._stats.to_client_bytes)
-        yield relayed_bytes
-        packets = CounterMetricFamily("zentalk_turn_relayed_packets", "Packets relayed, by direction.",
-                                      labels=["direction"])
-        packets.add_metric(["to_peer"], self._stats.to_peer_packets)
-        packets.add_metric(["to_client"], self._stats.to_client_packets)
-        yield packets
-        refusals = CounterMetricFamily("zentalk_turn_refusals", "Requests and packets refused by policy or a "
-                                       "limit, by reason.", labels=["reason"])
-        reasons = dict.fromkeys(_turn.REFUSAL_REASONS, 0)
-        reasons.update(self._stats.refusals)
-        for reason, value in sorted(reasons.items()):
-            refusals.add_metric([reason], value)
-        yield refusals
-        dropped = CounterMetricFamily("zentalk_turn_dropped", "TURN messages and packets dropped without an "
-                                      "answer, by reason.", labels=["reason"])
-        reasons = dict.fromkeys(_turn.DROP_REASONS, 0)
-        reasons.update(self._stats.dropped)
-        for reason, value in sorted(reasons.items()):
-            dropped.add_metric([reason], value)
-        yield dropped
+        requests = dict(stats.requests)
+        yield _counter("zentalk_turn_allocations", "Allocate requests answered, by result.", ["result"],
+                       {result: requests.get(("allocate", result), 0) for result in _turn.RESULTS})
+        yield _counter("zentalk_turn_requests", "TURN requests answered, by method and result.", ["method", "result"],
+                       requests, [(method, "success") for method in _turn.METHODS[:-1]])
+        yield _counter("zentalk_turn_relayed_bytes", "Payload bytes relayed, by direction.", ["direction"],
+                       {"to_peer": stats.to_peer_bytes, "to_client": stats.to_client_bytes})
+        yield _counter("zentalk_turn_relayed_packets", "Packets relayed, by direction.", ["direction"],
+                       {"to_peer": stats.to_peer_packets, "to_client": stats.to_client_packets})
+        yield _counter("zentalk_turn_refusals", "Requests and packets refused by policy or a limit, by reason.",
+                       ["reason"], stats.refusals, _turn.REFUSAL_REASONS)
+        yield _counter("zentalk_turn_dropped", "TURN messages and packets dropped without an answer, by reason.",
+                       ["reason"], stats.dropped, _turn.DROP_REASONS)
 
 
 class _LinkCollector(Collector):
@@ -126,50 +102,22 @@ class _LinkCollector(Collector):
         self._refusals = refusals
 
     def collect(self) -> Iterable:
-        links = GaugeMetricFamily("zentalk_link_links", "Links held now, by state and peer kind.",
-                                  labels=["state", "kind"])
-        counts = {("active", "client"): 0, ("active", "relay"): 0, ("handshake", "unknown"): 0}
-        counts.update(self._counts())
-        for (state, kind), value in sorted(counts.items()):
-            links.add_metric([state, kind], value)
-        yield links
-        handshakes = CounterMetricFamily("zentalk_link_handshakes", "Link handshakes that ended, by result.",
-                                         labels=["result"])
-        results = {"success": 0}
-        results.update(self._stats.handshakes)
-        for result, value in sorted(results.items()):
-            handshakes.add_metric([result], value)
-        yield handshakes
-        frames = CounterMetricFamily("zentalk_link_frames", "Link frames by direction and type.",
-                                     labels=["direction", "type"])
-        for direction, table in (("in", self._stats.frames_in), ("out", self._stats.frames_out)):
-            values = dict.fromkeys(FRAME_NAMES, 0)
-            values.update(table)
-            for name, value in sorted(values.items()):
-                frames.add_metric([direction, name], value)
-        yield frames
-        data = CounterMetricFamily("zentalk_link_bytes", "Bytes on links, by direction (records, before TLS).",
-                                   labels=["direction"])
-        data.add_metric(["in"], self._stats.bytes_in)
-        data.add_metric(["out"], self._stats.bytes_out)
-        yield data
-        refusals = CounterMetricFamily("zentalk_link_refusals", "Links refused by a limit, by reason.",
-                                       labels=["reason"])
-        for reason, value in sorted(self._refusals().items()):
-            refusals.add_metric([reason], value)
-        yield refusals
-        limited = CounterMetricFamily("zentalk_link_rate_limited", "Frames refused by a per-link token bucket.",
-                                      labels=["what"])
-        values = {"messages": 0, "pex": 0}
-        values.update(self._stats.rate_limited)
-        for what, value in sorted(values.items()):
-            limited.add_metric([what], value)
-        yield limited
-        closes = CounterMetricFamily("zentalk_link_closes", "Links closed, by reason (peer_ when the peer closed).",
-                                     labels=["reason"])
-        for reason, value in sorted(self._stats.closes.items()):
-            closes.add_metric([reason], value)
-        yield closes
+        stats = self._stats
+        yield _gauge("zentalk_link_links", "Links held now, by state and peer kind.", ["state", "kind"],
+                     self._counts(), [("active", "client"), ("active", "relay"), ("handshake", "unknown")])
+        yield _counter("zentalk_link_handshakes", "Link handshakes that ended, by result.", ["result"],
+                       stats.handshakes, ["success"])
+        frames = {("in", name): value for name, value in stats.frames_in.items()}
+        frames.update({("out", name): value for name, value in stats.frames_out.items()})
+        yield _counter("zentalk_link_frames", "Link frames by direction and type.", ["direction", "type"], frames,
+                       [(direction, name) for direction in ("in", "out") for name in FRAME_NAMES])
+        yield _counter("zentalk_link_bytes", "Bytes on links, by direction (records, before TLS).", ["direction"],
+                       {"in": stats.bytes_in, "out": stats.bytes_out})
+        yield _counter("zentalk_link_refusals", "Links refused by a limit, by reason.", ["reason"], self._refusals())
+        yield _counter("zentalk_link_rate_limited", "Frames refused by a per-link token bucket.", ["what"],
+                       stats.rate_limited, ["messages", "pex"])
+        yield _counter("zentalk_link_closes", "Links closed, by reason (peer_ when the peer closed).", ["reason"],
+                       stats.closes)
 
 
 class _RelayCollector(Collector):
@@ -179,20 +127,10 @@ class _RelayCollector(Collector):
         self._links_up = links_up
 
     def collect(self) -> Iterable:
-        packets = CounterMetricFamily("zentalk_relay_onion_packets", "Onion packets handled, by outcome.",
-                                      labels=["result"])
-        outcomes = dict.fromkeys(("forwarded", "delivered", "stored", "cover"), 0)
-        outcomes.update(self._stats.onion)
-        for result, value in sorted(outcomes.items()):
-            packets.add_metric([result], value)
-        yield packets
-        dropped = CounterMetricFamily("zentalk_relay_onion_dropped", "Onion packets dropped, by reason.",
-                                      labels=["reason"])
-        reasons = dict.fromkeys(("bad_size", "bad_mac", "replay", "bad_payload", "unknown_next_hop"), 0)
-        reasons.update(self._stats.dropped)
-        for reason, value in sorted(reasons.items()):
-            dropped.add_metric([reason], value)
-        yield dropped
+        yield _counter("zentalk_relay_onion_packets", "Onion packets handled, by outcome.", ["result"],
+                       self._stats.onion, ["forwarded", "delivered", "stored", "cover"])
+        yield _counter("zentalk_relay_onion_dropped", "Onion packets dropped, by reason.", ["reason"],
+                       self._stats.dropped, ["bad_size", "bad_mac", "replay", "bad_payload", "unknown_next_hop"])
         yield GaugeMetricFamily("zentalk_mesh_links_up", "Authenticated links to other relays.",
                                 value=self._links_up())
         store = self._mailbox.store
@@ -200,18 +138,12 @@ class _RelayCollector(Collector):
             return
         yield GaugeMetricFamily("zentalk_mailbox_messages", "Messages waiting in the mailbox.", value=store.depth)
         yield GaugeMetricFamily("zentalk_mailbox_bytes", "Bytes of message bodies in the mailbox.", value=store.size)
-        events = CounterMetricFamily("zentalk_mailbox_events", "Mailbox outcomes: stored, duplicate, delivered "
-                                     "(acknowledged by the owner), expired.", labels=["event"])
-        for name in ("stored", "duplicate", "delivered", "expired"):
-            events.add_metric([name], getattr(store.stats, name if name != "duplicate" else "duplicates"))
-        yield events
-        refused = CounterMetricFamily("zentalk_mailbox_refused", "Messages the mailbox refused, by reason.",
-                                      labels=["reason"])
-        reasons = dict.fromkeys(("recipient_full", "mailbox_full", "too_large"), 0)
-        reasons.update(store.stats.refused or {})
-        for reason, value in sorted(reasons.items()):
-            refused.add_metric([reason], value)
-        yield refused
+        stats = store.stats
+        yield _counter("zentalk_mailbox_events", "Mailbox outcomes: stored, duplicate, delivered (acknowledged by "
+                       "the owner), expired.", ["event"], {"stored": stats.stored, "duplicate": stats.duplicates,
+                                                            "delivered": stats.delivered, "expired": stats.expired})
+        yield _counter("zentalk_mailbox_refused", "Messages the mailbox refused, by reason.", ["reason"],
+                       stats.refused or {}, ["recipient_full", "mailbox_full", "too_large"])
 
 
 class _PexCollector(Collector):
@@ -220,28 +152,16 @@ class _PexCollector(Collector):
         self._counts = counts
 
     def collect(self) -> Iterable:
-        peers = GaugeMetricFamily("zentalk_pex_peers", "Peers in the peer book, by state.", labels=["state"])
-        for state, value in sorted(self._counts().items()):
-            peers.add_metric([state], value)
-        yield peers
-        requests = CounterMetricFamily("zentalk_pex_requests", "PEX requests: out (sent, answered, malformed) and "
-                                       "in (answered, malformed).", labels=["direction", "result"])
-        values = {("in", "answered"): 0, ("out", "sent"): 0, ("out", "answered"): 0}
-        values.update(self._stats.requests)
-        for (direction, result), value in sorted(values.items()):
-            requests.add_metric([direction, result], value)
-        yield requests
+        yield _gauge("zentalk_pex_peers", "Peers in the peer book, by state.", ["state"], self._counts())
+        yield _counter("zentalk_pex_requests", "PEX requests: out (sent, answered, malformed) and in (answered, "
+                       "malformed).", ["direction", "result"], self._stats.requests,
+                       [("in", "answered"), ("out", "sent"), ("out", "answered")])
         yield CounterMetricFamily("zentalk_pex_learned", "Candidates learned from PEX responses.",
                                   value=self._stats.learned)
         yield CounterMetricFamily("zentalk_pex_verified", "Peers verified by dialling and authentication.",
                                   value=self._stats.verified)
-        refused = CounterMetricFamily("zentalk_pex_refused_entries", "PEX entries refused, by reason.",
-                                      labels=["reason"])
-        reasons = dict.fromkeys(("bogus_address", "private_address", "own_id", "own_address", "duplicate"), 0)
-        reasons.update(self._stats.refused)
-        for reason, value in sorted(reasons.items()):
-            refused.add_metric([reason], value)
-        yield refused
+        yield _counter("zentalk_pex_refused_entries", "PEX entries refused, by reason.", ["reason"],
+                       self._stats.refused, ["bogus_address", "private_address", "own_id", "own_address", "duplicate"])
 
 
 class _ServicesCollector(Collector):
@@ -249,12 +169,8 @@ class _ServicesCollector(Collector):
         self._states = states
 
     def collect(self) -> Iterable:
-        up = GaugeMetricFamily(
-            "zentalk_service_up", "1 while a service of the node runs, else 0.", labels=["service"]
-        )
-        for name, running in sorted(self._states().items()):
-            up.add_metric([name], 1.0 if running else 0.0)
-        yield up
+        yield _gauge("zentalk_service_up", "1 while a service of the node runs, else 0.", ["service"],
+                     {name: 1.0 if running else 0.0 for name, running in self._states().items()})
 
 
 class NodeMetrics:
