@@ -168,8 +168,9 @@ class Harness:
         if request is not None and len(request) >= 20 and reply.transaction_id != request[8:20]:
             _fail("a reply does not echo the request's transaction id")
         if reply.cls is MessageClass.SUCCESS:
-            # Signed by the harness: that key. Sent raw (a replayed signed seed): some user's key.
-            keys = [key] if key is not None else [k for user in self.keys.values() for k in user.values()]
+            # Signed with some user's key: this request's, or, for a retransmission answered
+            # from the allocation's cache, the key of the request that made it (RFC 8656 7.2).
+            keys = ([key] if key is not None else []) + [k for user in self.keys.values() for k in user.values()]
             if not any(stun.check_integrity(reply, candidate) for candidate in keys):
                 _fail("a success without a MESSAGE-INTEGRITY made with a user's key")
         nonce = reply.get(Attr.NONCE)
