@@ -199,6 +199,13 @@ class StreamLinkProtocol(LinkAdapter, Protocol):
 
     def connectionMade(self) -> None:
         self.peer_address = self.transport.getPeer()
+        # Records are already batched per flush; Nagle would only add delay.
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            try:
+                no_delay(True)
+            except OSError:
+                pass
         self.transport.registerProducer(self, True)
         self._started()
 
