@@ -299,6 +299,7 @@ def seeds() -> dict[str, bytes]:
         "get_immutable": krpc.GetItem(b"aa", OTHER, IMMUTABLE.target),
         "get_mutable": krpc.GetItem(b"aa", OTHER, MUTABLE.target),
         "get_mutable_seq": krpc.GetItem(b"aa", OTHER, MUTABLE.target, seq=7),
+        "get_immutable_padded": krpc.GetItem(b"aa", OTHER, IMMUTABLE.target, padding=400),
         "put_immutable": krpc.PutItem(b"aa", OTHER, K, b"4:spam"),
         "put_mutable_newer": krpc.PutItem(b"aa", OTHER, K, new_item.value, new_item.key, new_item.signature,
                                           new_item.seq, new_item.salt, cas=7),

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).parents[2] / "zentalk_relay"
-SERVICE_PACKAGES = ["nat", "link", "relay"]
+SERVICE_PACKAGES = ["nat", "link", "relay", "dht"]
 ADAPTERS = {"protocol.py", "service.py"}
 TOP_LEVEL_SANS_IO = ["identity.py", "bootstrap.py", "ratelimit.py"]
 FORBIDDEN = ("twisted", "prometheus_client")

@@ -18,12 +18,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+import fastbencode
+
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from .krpc import MAX_SALT, MAX_SEQ, MAX_VALUE
 
-__all__ = ["Item", "immutable_target", "mutable_target", "signed_buffer", "verify_signature"]
+__all__ = ["Item", "immutable_target", "is_bencoded", "mutable_target", "signed_buffer", "verify_signature"]
 
 
 def signed_buffer(seq: int, value: bytes, salt: bytes = b"") -> bytes:
@@ -38,6 +40,14 @@ def mutable_target(key: bytes, salt: bytes = b"") -> bytes:
 
 def immutable_target(value: bytes) -> bytes:
     return hashlib.sha1(value).digest()
+
+
+def is_bencoded(value: bytes) -> bool:
+    """Whether ``value`` is one canonically bencoded value (what a ``v`` must be)."""
+    try:
+        return fastbencode.bencode(fastbencode.bdecode(value)) == value
+    except Exception:  # noqa: BLE001 - whatever the bencode library raises on garbage
+        return False
 
 
 def verify_signature(key: bytes, signature: bytes, seq: int, value: bytes, salt: bytes = b"") -> bool:
@@ -72,8 +82,8 @@ class Item:
         return mutable_target(self.key, self.salt)
 
     def verify(self) -> bool:
-        """Sizes within BEP 44's limits and, if mutable, a valid signature."""
-        if len(self.value) > MAX_VALUE:
+        """``value`` canonical bencoding within BEP 44's limits and, if mutable, a valid signature."""
+        if len(self.value) > MAX_VALUE or not is_bencoded(self.value):
             return False
         if self.key is None:
             return True

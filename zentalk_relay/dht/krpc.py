@@ -28,6 +28,7 @@ whose transaction id could be read, that id, so the caller can answer it.
 from __future__ import annotations
 
 import socket
+import struct
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Callable, ClassVar, Union
@@ -224,7 +225,12 @@ class AnnouncePeer:
 
 @dataclass(frozen=True, slots=True)
 class GetItem:
-    """BEP 44 ``get``; ``seq``: only send the value if newer than this."""
+    """BEP 44 ``get``; ``seq``: only send the value if newer than this.
+
+    ``padding``: the length of a ``pad`` argument of zero bytes, which no
+    node reads; it makes the query big enough for a node's amplification
+    rule to let a whole item through in the answer (``docs/dht.md``).
+    """
 
     method: ClassVar[str] = "get"
     tid: bytes
@@ -233,6 +239,7 @@ class GetItem:
     seq: int | None = None
     read_only: bool = False
     client: bytes | None = None
+    padding: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,17 +332,20 @@ def pack_nodes(nodes) -> bytes:
     return b"".join(node.id + pack_address(node.ip, node.port) for node in nodes)
 
 
+_NODE4 = struct.Struct("!20s4sH")
+_NODE6 = struct.Struct("!20s16sH")
+
+
 def unpack_nodes(data: bytes, size: int = NODE4_SIZE) -> tuple[NodeInfo, ...]:
     """``nodes`` (``size`` 26) or ``nodes6`` (38); raises ValueError on a bad length."""
     if len(data) % size:
         raise ValueError("compact node list of a wrong length")
-    family = socket.AF_INET if size == NODE4_SIZE else socket.AF_INET6
+    if size == NODE4_SIZE:
+        ntoa = socket.inet_ntoa
+        return tuple([NodeInfo(i, ntoa(a), p) for i, a, p in _NODE4.iter_unpack(data)])
     ntop = socket.inet_ntop
-    return tuple(
-        NodeInfo(data[i : i + ID_SIZE], ntop(family, data[i + ID_SIZE : i + size - 2]),
-                 (data[i + size - 2] << 8) | data[i + size - 1])
-        for i in range(0, len(data), size)
-    )
+    v6 = socket.AF_INET6
+    return tuple([NodeInfo(i, ntop(v6, a), p) for i, a, p in _NODE6.iter_unpack(data)])
 
 
 # -- decoding -----------------------------------------------------------------
@@ -441,7 +451,8 @@ def _q_get(tid: bytes, sender: bytes, args: dict, ro: bool, client: bytes | None
     seq = args.get(b"seq")
     if seq is not None:
         seq = _seq(seq, "bad_seq", tid, "get")
-    return GetItem(tid, sender, target, seq, ro, client)
+    pad = args.get(b"pad")
+    return GetItem(tid, sender, target, seq, ro, client, len(pad) if type(pad) is bytes else 0)
 
 
 def _q_put(tid: bytes, sender: bytes, args: dict, ro: bool, client: bytes | None) -> PutItem:
@@ -592,6 +603,8 @@ def _e_get(m: GetItem) -> dict:
     args: dict = {b"target": m.target}
     if m.seq is not None:
         args[b"seq"] = m.seq
+    if m.padding:
+        args[b"pad"] = bytes(m.padding)
     return _query(m, args)
 
 

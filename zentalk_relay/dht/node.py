@@ -25,7 +25,8 @@ Hostile input: a datagram that does not decode is dropped (a query whose
 transaction id could be read gets KRPC error 203, or the code the codec
 chose); nothing raises out of :meth:`DhtNode.handle`. Each source IP has a
 token bucket (:attr:`DhtConfig.rate`); datagrams beyond it are dropped and
-counted. Answers to sources that have not proven their address are at most
+counted (answers to our own outstanding queries are not limited). Answers
+to sources that have not proven their address are at most
 :attr:`DhtConfig.amplification` times the size of the query (see
 ``docs/dht.md``, "Amplification").
 """
@@ -51,7 +52,6 @@ from .krpc import (
     GetItem,
     GetPeers,
     KrpcError,
-    NodeInfo,
     Ping,
     PutItem,
     Query,
@@ -119,6 +119,10 @@ class DhtConfig:
     bootstrap_retry: float = 60.0
     #: How often expired peers and items are swept.
     expiry_interval: float = 60.0
+    #: Zero bytes added (as ``pad``) to our BEP 44 ``get`` queries, so that nodes whose
+    #: table we are not in may send a whole item under their amplification rule; 400
+    #: lets a 1472-byte answer through a 3x rule. For clients; a relay is in tables.
+    get_padding: int = 0
     #: BEP 43: send ``ro=1`` and answer no queries.
     read_only: bool = False
     client_version: bytes | None = CLIENT_VERSION
@@ -128,6 +132,14 @@ class DhtConfig:
     address_voters: int = 32
     #: Votes that decide our external address.
     address_quorum: int = 8
+
+    def table_options(self) -> dict[str, Any]:
+        """The :class:`~.routing.RoutingTable` keywords this configuration implies
+        (for ``RoutingTable.from_dict(data, now, **config.table_options())``)."""
+        return {
+            "k": self.k, "max_replacements": self.max_replacements, "ip_limit": self.ip_limit,
+            "subnet_limit": self.subnet_limit, "bep42": self.bep42, "refresh_interval": self.refresh_interval,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,10 +280,7 @@ class DhtNode:
         self.stats = stats if stats is not None else DhtStats()
         self._rng = rng
         if table is None:
-            table = RoutingTable(
-                node_id, now, k=config.k, max_replacements=config.max_replacements, ip_limit=config.ip_limit,
-                subnet_limit=config.subnet_limit, bep42=config.bep42, refresh_interval=config.refresh_interval,
-            )
+            table = RoutingTable(node_id, now, **config.table_options())
         elif table.own_id != node_id:
             raise ValueError("the routing table belongs to another node id")
         self.node_id = node_id
@@ -314,13 +323,17 @@ class DhtNode:
         if (":" in address[0]) != (self.config.family == 6):
             self.stats.dropped["wrong_family"] += 1
             return []
-        if not self._allowed(address[0], now):
-            self.stats.dropped["rate_limited"] += 1
-            return []
         try:
             message = decode(data)
         except KrpcError as error:
+            if not self._allowed(address[0], now):
+                self.stats.dropped["rate_limited"] += 1
+                return []
             return self._refuse(error, address, len(data), now)
+        if not self._solicited(message, address) and not self._allowed(address[0], now):
+            # Answers to our own queries are not limited: we chose to ask.
+            self.stats.dropped["rate_limited"] += 1
+            return []
         out: list[Datagram] = []
         if isinstance(message, Response):
             self._on_response(message, address, now, out)
@@ -488,7 +501,7 @@ class DhtNode:
         elif lookup.kind is LookupKind.GET_PEERS:
             query = GetPeers(tid, sender, lookup.target, read_only=ro, client=client)
         else:
-            query = GetItem(tid, sender, lookup.target, lookup.min_seq, read_only=ro, client=client)
+            query = GetItem(tid, sender, lookup.target, lookup.min_seq, ro, client, self.config.get_padding)
         return self._send(query, request.address, op, _LOOKUP, now)
 
     def _lookup_done(self, op: _Operation, now: float, out: list[Datagram]) -> None:
@@ -571,6 +584,12 @@ class DhtNode:
     def _count_sent(self, out: list[Datagram]) -> None:
         for datagram in out:
             self.stats.bytes_sent += len(datagram.data)
+
+    def _solicited(self, message: Any, address: Address) -> bool:
+        if not isinstance(message, (Response, ErrorMessage)):
+            return False
+        txn = self._transactions.get(message.tid)
+        return txn is not None and txn.address == address
 
     def _allowed(self, ip: str, now: float) -> bool:
         bucket = self._limits.get(ip)
@@ -705,7 +724,6 @@ class DhtNode:
                 out.append(Datagram(data, address))
             return
         self.stats.queries[query.method, "ok"] += 1
-        response = replace(response, your_ip=address, client=self.config.client_version)
         data = self._fit(response, budget)
         if data is None:
             return
@@ -713,21 +731,25 @@ class DhtNode:
         if verify:
             self._verify(address, now, out)
 
-    def _closest(self, target: bytes, now: float) -> dict[str, tuple[NodeInfo, ...]]:
-        nodes = tuple(self.table.closest(target, self.config.response_nodes, now))
-        return {"nodes6": nodes} if self.config.family == 6 else {"nodes": nodes}
+    def _answer(self, query: Query, address: Address, now: float, target: bytes | None = None,
+                **fields: Any) -> Response:
+        """Our response to ``query``: the querier's address (BEP 42), our version, and the nodes nearest ``target``."""
+        if target is not None:
+            nodes = tuple(self.table.closest(target, self.config.response_nodes, now))
+            fields["nodes6" if self.config.family == 6 else "nodes"] = nodes
+        return Response(query.tid, self.node_id, your_ip=address, client=self.config.client_version, **fields)
 
     def _on_ping(self, query: Ping, address: Address, now: float) -> Response:
-        return Response(query.tid, self.node_id)
+        return self._answer(query, address, now)
 
     def _on_find_node(self, query: FindNode, address: Address, now: float) -> Response:
-        return Response(query.tid, self.node_id, **self._closest(query.target, now))
+        return self._answer(query, address, now, query.target)
 
     def _on_get_peers(self, query: GetPeers, address: Address, now: float) -> Response:
         token = self.tokens.issue(address[0], now)
         peers = self.peers.peers(query.info_hash, now, self.config.response_values, self._rng)
         values = tuple(peers) if peers else None
-        return Response(query.tid, self.node_id, values=values, token=token, **self._closest(query.info_hash, now))
+        return self._answer(query, address, now, query.info_hash, values=values, token=token)
 
     def _on_announce_peer(self, query: AnnouncePeer, address: Address, now: float) -> Response:
         if not self.tokens.valid(query.token, address[0], now):
@@ -735,11 +757,11 @@ class DhtNode:
         peer = (address[0], address[1] if query.implied_port else query.port)
         self.peers.announce(query.info_hash, peer, now)
         self._events.append(PeerAnnounced(query.info_hash, peer))
-        return Response(query.tid, self.node_id)
+        return self._answer(query, address, now)
 
     def _on_get(self, query: GetItem, address: Address, now: float) -> Response:
         token = self.tokens.issue(address[0], now)
-        response = Response(query.tid, self.node_id, token=token, **self._closest(query.target, now))
+        response = self._answer(query, address, now, query.target, token=token)
         item = self.items.get(query.target, now)
         if item is None:
             return response
@@ -760,7 +782,7 @@ class DhtNode:
         except KrpcError as error:
             raise KrpcError(error.code, error.reason, query.tid, query.method) from None
         self._events.append(ItemStored(item.target, item.seq))
-        return Response(query.tid, self.node_id)
+        return self._answer(query, address, now)
 
     # -- amplification ------------------------------------------------------------------------
 
@@ -779,13 +801,12 @@ class DhtNode:
         while len(data) > budget:
             over = len(data) - budget
             if response.nodes:
-                response = replace(response, nodes=response.nodes[: -(-over // 26)] if over < 26 * len(response.nodes) else ())
+                response = replace(response, nodes=_cut(response.nodes, over, 26))
             elif response.nodes6:
-                response = replace(response, nodes6=response.nodes6[: -(-over // 38)] if over < 38 * len(response.nodes6) else ())
+                response = replace(response, nodes6=_cut(response.nodes6, over, 38))
             elif response.values:
-                per = 8 if ":" not in response.values[0][0] else 21  # "6:" + 6, "18:" + 18
-                keep = len(response.values) - (-(-over // per))
-                response = replace(response, values=response.values[:keep] if keep > 0 else None)
+                per = 8 if ":" not in response.values[0][0] else 21  # "6:" + 6 bytes, "18:" + 18 bytes
+                response = replace(response, values=_cut(response.values, over, per) or None)
             elif response.value is not None or response.seq is not None:
                 response = replace(response, value=None, key=None, signature=None, seq=None)
             elif response.your_ip is not None:
@@ -797,3 +818,9 @@ class DhtNode:
                 return None
             data = encode(response)
         return data
+
+
+def _cut(items: tuple, over: int, size: int) -> tuple:
+    """``items`` less enough from the end to save ``over`` bytes at ``size`` bytes each."""
+    keep = len(items) - -(-over // size)
+    return items[:keep] if keep > 0 else ()

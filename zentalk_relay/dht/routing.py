@@ -280,7 +280,7 @@ class RoutingTable:
                 return Heard(Outcome.PING_FIRST, address)
             return Heard(Outcome.FULL)
         keys = _limit_keys(address[0])
-        if not self._within_limits(keys):
+        if not self._within_limits(keys) and not self._free_limits(keys, now):
             return Heard(Outcome.REFUSED_IP)
         entry = Entry(node_id, address, secure)
         entry.last_response = now
@@ -301,6 +301,18 @@ class RoutingTable:
         if self.subnet_limit and self._subnets.get(keys[1], 0) >= self.subnet_limit:
             return False
         return True
+
+    def _free_limits(self, keys: tuple[bytes, bytes] | None, now: float) -> bool:
+        """Remove bad nodes that hold the limits ``keys`` are over; True if that made room."""
+        assert keys is not None
+        for entry in list(self._by_id.values()):
+            if entry.state(now) is NodeState.BAD:
+                held = _limit_keys(entry.ip)
+                if held is not None and (held[0] == keys[0] or held[1] == keys[1]):
+                    self._remove(entry)
+                    if self._within_limits(keys):
+                        return True
+        return False
 
     def _count(self, entry: Entry, delta: int) -> None:
         keys = _limit_keys(entry.ip)
@@ -416,7 +428,9 @@ class RoutingTable:
         bucket = self._buckets[self._index(entry.num)]
         best = None
         for candidate in bucket.replacements:
-            if candidate.failures == 0 and (best is None or (candidate.last_response or 0) >= (best.last_response or 0)):
+            if candidate.failures:
+                continue
+            if best is None or (candidate.last_response or 0) >= (best.last_response or 0):
                 best = candidate
         if best is not None:
             self._remove(entry)
@@ -442,8 +456,9 @@ class RoutingTable:
         if start < last:
             groups.append([e for b in buckets[start + 1 :] for e in b.nodes])
         groups.extend(buckets[i].nodes for i in range(start - 1, -1, -1))
+        bad = NodeState.BAD
         for group in groups:
-            live = [e for e in group if e.state(now) is not NodeState.BAD]
+            live = [e for e in group if not e.failures or e.state(now) is not bad]
             need = count - len(out)
             if len(live) > need:
                 out.extend(heapq.nsmallest(need, live, key=key))
@@ -529,15 +544,14 @@ class RoutingTable:
             self._split()
             index = self._index(entry.num)
         bucket = self._buckets[index]
-        self._register(entry)
         if len(bucket.nodes) < self.k:
+            self._register(entry)
             bucket.nodes.append(entry)
             entry.in_table = True
             self._size += 1
         elif len(bucket.replacements) < self.max_replacements:
+            self._register(entry)
             bucket.replacements.append(entry)
-        else:
-            self._remove(entry)
 
 
 def _hex_id(value: Any) -> bytes:
