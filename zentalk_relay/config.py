@@ -284,7 +284,7 @@ def _check_window(value: int) -> None:
 @dataclass(frozen=True, slots=True)
 class LinkConfig:
     enabled: bool = setting(True, doc="Accept relay links from clients and other relays.")
-    tcp: tuple[str, ...] = setting(("tcp:7400",), check=_check_stream_endpoints,
+    tcp: tuple[str, ...] = setting(("tcp:7400:backlog=1024",), check=_check_stream_endpoints,
                                    doc="Endpoint strings for TCP links (Noise NK inside). Add `tcp6:7400:interface=\\:\\:` for IPv6.")
     tls: str = setting("", check=_check_optional_endpoint,
                        doc="Endpoint string for TLS 1.3 links (ALPN `zentalk/3`), e.g. `tcp:7401`; empty: none.")

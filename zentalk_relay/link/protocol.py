@@ -56,7 +56,16 @@ class LinkOwner(TypingProtocol):
 
 @implementer(IPushProducer)
 class LinkAdapter:
-    """The carrier-independent half: events, timer, flushing, back-pressure."""
+    """The carrier-independent half: events, timer, flushing, back-pressure.
+
+    While one link's input is being handled, frames queued on any link (a
+    DELIVER to the recipient, a RECEIPT to the sender) are written once the
+    input is done, so that a read carrying many SENDs leaves as a few records
+    per link instead of one record, one AEAD call and one write per frame.
+    """
+
+    #: Adapters with frames queued during the input being handled; None outside one.
+    _batch: set | None = None
 
     def __init__(self, reactor, owner: LinkOwner, make: Callable[[float], LinkConnection]) -> None:
         self.reactor = reactor
@@ -125,19 +134,41 @@ class LinkAdapter:
         accepted = self.conn.send(frame, self.reactor.seconds()) if priority is None else self.conn.send(
             frame, self.reactor.seconds(), priority)
         if accepted:
-            self.flush()
+            self._flush_soon()
         return accepted
+
+    def _flush_soon(self) -> None:
+        batch = LinkAdapter._batch
+        if batch is None:
+            self.flush()
+        else:
+            batch.add(self)
+
+    def _input(self, handle: Callable[[], list[Event]]) -> None:
+        """Handle input with the writes it causes on every link batched to its end."""
+        outer = LinkAdapter._batch is None
+        if outer:
+            LinkAdapter._batch = set()
+        try:
+            self._handle(handle())
+        finally:
+            if outer:
+                batch, LinkAdapter._batch = LinkAdapter._batch, None
+                for adapter in batch:
+                    adapter.flush()
 
     def throttle(self, window: int, reason, retry_after_ms: int) -> None:
         """Tell the peer to use a smaller window and pause (FLOW_CONTROL)."""
         if self.conn is not None:
             self.conn.throttle(window, reason, retry_after_ms)
-            self.flush()
+            self._flush_soon()
 
     def close(self, code: ErrorCode, reason: str) -> None:
+        """Write what is queued, then CLOSE."""
         if self.conn is None:
             self._drop()
             return
+        self.flush()
         self._handle(self.conn.close(code, reason, self.reactor.seconds()))
 
     def _arm(self) -> None:
@@ -222,7 +253,8 @@ class StreamLinkProtocol(LinkAdapter, Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self.conn is not None and not self._gone:
-            self._handle(self.conn.receive_data(data, self.reactor.seconds()))
+            conn, now = self.conn, self.reactor.seconds()
+            self._input(lambda: conn.receive_data(data, now))
 
     def connectionLost(self, reason: Failure) -> None:
         self._lost(reason)
@@ -259,7 +291,8 @@ class WebSocketLinkProtocol(LinkAdapter):
 
     def bytesMessageReceived(self, data: bytes) -> None:
         if self.conn is not None and not self._gone:
-            self._handle(self.conn.receive_record(bytes(data), self.reactor.seconds()))
+            conn, now = self.conn, self.reactor.seconds()
+            self._input(lambda: conn.receive_record(bytes(data), now))
 
     def textMessageReceived(self, message: str) -> None:
         if self.conn is not None:

@@ -27,6 +27,8 @@ from .session import Authenticated, Carrier, LinkConnection, LinkSettings, LinkS
 
 log = logger(__name__)
 
+#: Resumable sessions remembered at most: the oldest go first.
+MAX_SESSIONS = 100_000
 #: Noise ephemeral keys remembered to refuse a replayed first handshake message.
 REPLAY_MEMORY = 65536
 REPLAY_SECONDS = 600.0
@@ -151,6 +153,9 @@ class LinkHub:
         links.append(adapter)
         if event.role is Role.CLIENT and not adapter.conn.initiator:
             self._sessions[event.session_token] = (event, self.reactor.seconds() + self.config.session_ttl)
+            self._resume(b"")  # prunes expired sessions
+            while len(self._sessions) > MAX_SESSIONS:
+                self._sessions.popitem(last=False)
         if self.router is not None:
             self.router.authenticated(adapter, event)
 
