@@ -265,6 +265,9 @@ def drive_lean(spec: dict) -> dict:
         out_of_order=out_of_order, receipts=receipts, refused=refused, other_frames=other,
         built_online=built_online, measure=measured, **nodes.percentiles_ms(latencies),
         flow_control_frames=sender.flow_control_frames + receiver.flow_control_frames,
+        # how the relays pack what they send: frames per record (a record costs one AEAD call)
+        frames_per_record_to_receiver=round(receiver.frames_in / max(1, receiver.records_in), 2),
+        frames_per_record_to_sender=round(sender.frames_in / max(1, sender.records_in), 2),
     )
     return result
 
@@ -549,6 +552,11 @@ def hop_summary(rows: list[dict]) -> list[str]:
     if o1 and s1 and o1.get("relay_us_per_msg") and s1.get("relay_us_per_msg"):
         lines.append(f"onion layer at the last hop (onion1 - send1): "
                      f"{o1['relay_us_per_msg'] - s1['relay_us_per_msg']:.0f} us of relay CPU per message")
+    packed = [f"{r['path']} {r['frames_per_record_to_receiver']:.2f}" for r in rows
+              if r["mode"] == "lean" and r.get("frames_per_record_to_receiver") is not None]
+    if packed:
+        lines.append("DELIVERs per record from the last relay (lean rows; each record is one AEAD seal and one "
+                     "transport.write): " + ", ".join(packed))
     if o3:
         m = o3.get("measure") or {}
         srv = m.get("srv_cpu") or {}
@@ -635,7 +643,8 @@ def parse_args(argv):
     p.add_argument("--spy-rate", type=int, default=200, help="py-spy samples per second (default 200)")
     p.add_argument("--tcp-nodelay", action="store_true",
                    help="what-if experiment: start the relays (and the reference client) with TCP_NODELAY on their "
-                        "link sockets, patched in by a wrapper around twistd; the package is not changed")
+                        "link sockets, patched in by a wrapper around twistd; the package is not changed (it sets TCP_NODELAY "
+                        "itself since 5a9a523: the flag is for older trees)")
     p.add_argument("--json", action="store_true", help="print machine-readable results on stdout")
     p.add_argument("--drive", metavar="SPEC", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -690,7 +699,7 @@ def main(argv=None) -> int:
             for path_name in args.paths:
                 for mode in args.drivers:
                     estimate = estimate_rate(path_name, measured, args, x_us)
-                    r = None
+                    r = best = None
                     for attempt in range(args.retries + 1):
                         nodes.settle(args.quiet_wait)
                         log(f"[{path_name}/{mode}] running ..." + (f" (again, {attempt}/{args.retries}: others "
@@ -703,8 +712,11 @@ def main(argv=None) -> int:
                             break
                         derive(r, args)
                         r["attempts"] = attempt + 1
+                        if best is None or r.get("errors") or r["other"] < best["other"]:
+                            best = r  # keep the least disturbed attempt
                         if r.get("errors") or r["other"] <= linkbench.DISTURBED:
                             break
+                    r = best or r
                     if r.get("rate") is None:
                         errors += [f"{path_name}/{mode}: {e}" for e in r.get("errors", [])]
                         continue

@@ -233,8 +233,9 @@ def format_profile(prof: dict) -> str:
     if prof["tool"] == "py-spy":
         s = prof["summary"]
         zt = [(n, p) for n, p in s["inclusive"] if "zentalk_relay" in n or "doWrite" in n or "doRead" in n]
-        lines = [f"py-spy, {s['samples']} samples of the node at the closed-loop peak "
-                 f"({prof['driver']['phases'][0]['rate']:,.0f} msg/s under the profiler)",
+        lines = [f"py-spy, {s['samples']} samples of the node's reactor thread at the closed-loop peak "
+                 f"({prof['driver']['phases'][0]['rate']:,.0f} msg/s under the profiler; "
+                 f"{s.get('other_thread_samples', 0)} samples of other threads left out)",
                  "  self %  function"]
         lines += [f"  {p:6.1f}  {n}" for n, p in s["self"][:20]]
         lines.append("  incl %  function")

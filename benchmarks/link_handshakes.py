@@ -458,6 +458,8 @@ def bench(args) -> int:
             for concurrency in args.concurrency:
                 settle(args, f"concurrency {concurrency}")
                 log(f"  connector: {concurrency} in flight, {args.warmup:g} + {args.duration:g} s")
+                rss0 = linkbench.rss_kib(node.pid)
+                count0 = node.metric("zentalk_link_handshakes_total", {"result": "success"}) or 0.0
                 r = run_connector(args, node, concurrency)
                 for attempt in range(args.retries):
                     if linkbench.disturbance(r, args.server_cpu) <= linkbench.DISTURBED:
@@ -465,6 +467,12 @@ def bench(args) -> int:
                     log(f"  disturbed by other processes, measuring again ({attempt + 1}/{args.retries})")
                     settle(args, f"concurrency {concurrency}")
                     r = run_connector(args, node, concurrency)
+                rss1 = linkbench.rss_kib(node.pid)
+                count1 = node.metric("zentalk_link_handshakes_total", {"result": "success"}) or 0.0
+                r["node_rss_before_kib"], r["node_rss_after_kib"] = rss0, rss1
+                r["node_handshakes"] = count1 - count0
+                if rss0 and rss1 and count1 > count0:
+                    r["rss_growth_bytes_per_handshake"] = round((rss1 - rss0) * 1024 / (count1 - count0), 1)
                 rows.append(r)
                 if r.get("failures"):
                     errors.append(f"concurrency {concurrency}: failures {r['failures']}")
@@ -539,6 +547,12 @@ def bench(args) -> int:
         print(f"  connector: {r['pool']:,} handshakes prepared before the run ({r['pool_build_s']:.1f} s), "
               f"{r['built_during_run']} built during it; relay signature checked on {r['verified']:,}, "
               f"skipped on {r['verify_skipped']:,}")
+    growth = [r for r in rows if r.get("rss_growth_bytes_per_handshake") is not None]
+    if growth:
+        first, last = rows[0], rows[-1]
+        print(f"  node RSS {first['node_rss_before_kib'] / 1024:,.1f} MiB before the first run, "
+              f"{last['node_rss_after_kib'] / 1024:,.1f} MiB after the last; growth per handshake (all links "
+              "closed again): " + ", ".join(f"{r['rss_growth_bytes_per_handshake']:,.0f} B" for r in growth))
     if node_info.get("node_handshakes_success") is not None:
         print(f"  node counted {node_info['node_handshakes_success']:,.0f} successful handshakes in all runs "
               f"(warm-up included)")
@@ -590,8 +604,9 @@ def profile_run(args, node: linkbench.Node, concurrency: int) -> str:
     s = linkbench.summarize_collapsed(raw, top=200)
     zt = [(n, pct) for n, pct in s["inclusive"]
           if "zentalk_relay" in n or "nacl" in n or "doRead" in n or "doAccept" in n or "connectionLost" in n]
-    lines = [f"py-spy, {s['samples']} samples of the node during a handshake run ({r['rate']:,.0f}/s under the "
-             "profiler)", "  self %  function"]
+    lines = [f"py-spy, {s['samples']} samples of the node's reactor thread during a handshake run "
+             f"({r['rate']:,.0f}/s under the profiler; {s.get('other_thread_samples', 0)} samples of other threads "
+             "left out)", "  self %  function"]
     lines += [f"  {pct:6.1f}  {n}" for n, pct in s["self"][:20]]
     lines.append("  incl %  function")
     lines += [f"  {pct:6.1f}  {n}" for n, pct in zt[:30]]

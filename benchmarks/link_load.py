@@ -61,6 +61,9 @@ U32 = struct.Struct(">I")
 U64 = struct.Struct(">Q")
 RECV_BYTES = 262144
 CONN_RECV_BYTES = 65536
+ACK_BATCH = 256  # as zentalk_relay.client.link: ACK at once at this many ids ...
+ACK_DELAY = 0.05  # ... or this long after the first unacknowledged DELIVER
+MAX_ACK_IDS = 1024  # ids in one ACK frame
 OUTBUF_HIGH = 262144  # stop generating while this much is unsent
 DRAIN_S = 10.0
 
@@ -144,6 +147,9 @@ class Driver:
     def flush(self) -> None: ...
     def pending_out(self) -> int: ...
     def close(self) -> None: ...
+
+    def tick(self, now: float) -> None:
+        """Called on every turn of the loop (time-based work such as batched ACKs)."""
 
     def on_deliver(self, seq: int, now: float) -> None:
         """One message reached the receiver (the subclasses inline this on their hot path)."""
@@ -235,6 +241,7 @@ class Driver:
                             base = self.sent - first_seq
                             stamps = (t0, base, rate)
                         self.generate(room, now, stamps)
+                self.tick(now)
                 if self.pending_out():
                     self.flush()
                 # wait for input
@@ -273,6 +280,7 @@ class Driver:
             self.measuring = False
             drain_end = time.monotonic() + DRAIN_S
             while self.delivered < sent_at_m_end and time.monotonic() < drain_end and not self.errors:
+                self.tick(perf())
                 if self.pending_out():
                     self.flush()
                 for fd, _ in poller.poll(0.0 if self.pending_out() else 0.01):
@@ -380,6 +388,13 @@ class LeanDriver(Driver):
                                      self.record_target // (frame_len + 2)))
         self.flow_control_frames = 0
         self.pings = 0
+        # Protocols that have ACK: the receiver acknowledges DELIVERs in batches, as the
+        # reference client does (ACK_DELAY after the first, or at once at ACK_BATCH ids)
+        from zentalk_relay.link import frames as _frames
+        self.ack_supported = getattr(_frames, "Ack", None) in getattr(session, "_APPLICATION", ())
+        self.to_ack: list[bytes] = []
+        self.ack_since = 0.0
+        self.acks_sent = 0
 
     def sockets(self):
         return [self.s.sock, self.r.sock]
@@ -479,6 +494,9 @@ class LeanDriver(Driver):
         deliveries = 0
         expected = self.next_expected
         out_of_order = 0
+        to_ack = self.to_ack if self.ack_supported and side is self.r else None
+        if to_ack is not None and not to_ack:
+            self.ack_since = now
         while n - off >= 2:
             size = (buf[off] << 8) | buf[off + 1]
             if n - off - 2 < size:
@@ -491,6 +509,8 @@ class LeanDriver(Driver):
                 kind = pt[p + 2]
                 if kind == 0x31:  # DELIVER: id = seq u64 ‖ tail
                     seq = unpack64(pt, p + 3)[0]
+                    if to_ack is not None:
+                        to_ack.append(pt[p + 3: p + 19])
                     if seq != expected:
                         out_of_order += 1
                     expected = seq + 1
@@ -518,6 +538,20 @@ class LeanDriver(Driver):
 
                 self.reported = consumed
                 self._queue_control(self.r, WindowUpdate(self.win_init, consumed & 0xFFFFFFFF))
+
+    def tick(self, now: float) -> None:
+        if self.to_ack and (len(self.to_ack) >= ACK_BATCH or now - self.ack_since >= ACK_DELAY):
+            self._send_acks()
+
+    def _send_acks(self) -> None:
+        ids, self.to_ack = self.to_ack, []
+        for start in range(0, len(ids), MAX_ACK_IDS):
+            chunk = ids[start:start + MAX_ACK_IDS]
+            raw = b"\x35" + U16.pack(len(chunk)) + b"".join(chunk)
+            ct = self.r.enc.encrypt(U16.pack(len(raw)) + raw)
+            self.r.out += U16.pack(len(ct))
+            self.r.out += ct
+            self.acks_sent += 1
 
     def _control(self, side: _Side, raw: bytes, now: float) -> None:
         from zentalk_relay.link import frames
@@ -547,7 +581,7 @@ class LeanDriver(Driver):
     def run(self) -> dict:
         result = super().run()
         result.update(flow_control_frames=self.flow_control_frames, pings=self.pings,
-                      frames_per_record=self.per_record)
+                      frames_per_record=self.per_record, ack_frames=self.acks_sent)
         return result
 
 
@@ -567,6 +601,17 @@ class ConnDriver(LeanDriver):
                 events = side.conn.receive_data(bytes(side.inbuf), time.time())
                 side.inbuf.clear()
                 self._events(side, events, time.perf_counter())
+
+    def _send_acks(self) -> None:
+        from zentalk_relay.link.frames import Ack
+
+        ids, self.to_ack = self.to_ack, []
+        conn = self.r.conn
+        for start in range(0, len(ids), MAX_ACK_IDS):
+            conn.send(Ack(tuple(ids[start:start + MAX_ACK_IDS])), time.time())
+            self.acks_sent += 1
+        for unit in conn.pull(time.time()):
+            self.r.out += unit
 
     def credit(self, now: float) -> int:
         conn = self.s.conn
@@ -626,6 +671,10 @@ class ConnDriver(LeanDriver):
                 kind = type(frame)
                 if kind is Deliver:
                     self.on_deliver(U64.unpack_from(frame.message_id)[0], now)
+                    if self.ack_supported:
+                        if not self.to_ack:
+                            self.ack_since = now
+                        self.to_ack.append(frame.message_id)
                 elif kind is Receipt:
                     self.receipts += 1
                     if frame.status != 0:
@@ -637,7 +686,7 @@ class ConnDriver(LeanDriver):
 
     def run(self) -> dict:
         result = Driver.run(self)
-        result.update(frames_per_record="pull()")
+        result.update(frames_per_record="pull()", ack_frames=self.acks_sent)
         return result
 
 

@@ -353,11 +353,16 @@ def summarize_collapsed(path: Path, top: int = 25) -> dict:
     self_counts: dict[str, int] = {}
     incl_counts: dict[str, int] = {}
     total = 0
+    other_threads = 0
     for line in Path(path).read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         n = int(count)
+        root = stack.split(";", 1)[0]
+        if "_bootstrap (" in root and "threading.py" in root:
+            other_threads += n  # a worker thread (e.g. a database writer), not the reactor
+            continue
         total += n
         frames = [_frame_name(f) for f in stack.split(";") if f and not f.startswith("process ")
                   and not f.startswith("thread ")]
@@ -371,6 +376,7 @@ def summarize_collapsed(path: Path, top: int = 25) -> dict:
     by_incl = sorted(incl_counts.items(), key=lambda kv: -kv[1])[:top]
     return {
         "samples": total,
+        "other_thread_samples": other_threads,
         "self": [(name, round(100.0 * n / total, 1)) for name, n in by_self],
         "inclusive": [(name, round(100.0 * n / total, 1)) for name, n in by_incl],
     }

@@ -170,7 +170,9 @@ def drive_lean(spec: dict) -> dict:
         link.close()
     result.update(stored=m_done, rate=round(m_done / spec["duration"], 1), sent=sent, completed=done,
                   refused=refused, other_status=other_status, measure=measured,
-                  wall_start=wall_start, wall_end=wall_end, **nodes.percentiles_ms(latencies))
+                  wall_start=wall_start, wall_end=wall_end, **nodes.percentiles_ms(latencies),
+                  # how the node packs its RECEIPTs: frames per record (a record costs one AEAD call)
+                  frames_per_record=round(link.frames_in / max(1, link.records_in), 2), records_in=link.records_in)
     return result
 
 
@@ -393,6 +395,9 @@ def summary(node_row: dict | None, refs: dict, args) -> list[str]:
                      f"{node_us - db_us:.1f} us, is the reactor thread (link, routing, Deferreds, RECEIPTs) and the "
                      "thread hand-off")
         lines.append(line)
+        if node_row.get("frames_per_record") is not None:
+            lines.append(f"RECEIPTs per record from the node: {node_row['frames_per_record']:.2f} "
+                         "(each record is one AEAD seal and one transport.write in the node)")
         lines.append(f"node process busy {srv:.2f} of a core (its reactor thread and its database thread share "
                      f"the GIL and CPU {args.relay_cpu})")
     seq = b.get("sequence") or []
@@ -451,7 +456,8 @@ def parse_args(argv):
     p.add_argument("--spy-rate", type=int, default=200, help="py-spy samples per second (default 200)")
     p.add_argument("--tcp-nodelay", action="store_true",
                    help="what-if experiment: start the node with TCP_NODELAY on its link sockets, patched in by a "
-                        "wrapper around twistd; the package is not changed")
+                        "wrapper around twistd; the package is not changed (it sets TCP_NODELAY itself since 5a9a523: the "
+                        "flag is for older trees)")
     p.add_argument("--json", action="store_true", help="print machine-readable results on stdout")
     p.add_argument("--drive", metavar="SPEC", help=argparse.SUPPRESS)
     p.add_argument("--reference", metavar="SPEC", help=argparse.SUPPRESS)
@@ -483,6 +489,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="mailbox-", dir=args.data_root) as tmp:
         base = Path(tmp)
         device = nodes.stat_device(base)
+        best = None
         for attempt in range(args.retries + 1):
             nodes.settle(args.quiet_wait)
             log(f"[node] starting the relay (data under {base}, {device}) ..." + (
@@ -502,8 +509,11 @@ def main(argv=None) -> int:
             node_row["cpu_busy"] = busy
             node_row["other"] = round(max(m.get("foreign_cpu") or 0.0, unexplained, 0.0), 3)
             node_row["attempts"] = attempt + 1
+            if best is None or node_row.get("errors") or node_row["other"] < best["other"]:
+                best = node_row  # keep the least disturbed attempt
             if node_row.get("errors") or node_row["other"] <= linkbench.DISTURBED:
                 break
+        node_row = best if node_row is not None else None
         if node_row is not None:
             errors += [f"node: {e}" for e in node_row.get("errors", [])]
             b = node_row.get("batches") or {}
@@ -516,6 +526,7 @@ def main(argv=None) -> int:
             for name, batches, duration in (("group", sequence, args.duration), ("naive", [1], args.naive_duration)):
                 if name == "group" and not sequence:
                     continue
+                best = None
                 for attempt in range(args.retries + 1):
                     nodes.settle(args.quiet_wait)
                     log(f"[reference/{name}] put_many, "
@@ -529,8 +540,12 @@ def main(argv=None) -> int:
                     log(f"  {refs[name].get('rate', 0):,.0f} writes/s, {refs[name].get('commit_rate')} commits/s, "
                         f"others took {refs[name].get('other', 0):.2f} of a core")
                     refs[name]["attempts"] = attempt + 1
+                    if best is None or refs[name].get("errors") or refs[name].get("other", 0) < best.get("other", 0):
+                        best = refs[name]  # keep the least disturbed attempt
                     if refs[name].get("errors") or refs[name].get("other", 0) <= linkbench.DISTURBED:
                         break
+                if best is not None:
+                    refs[name] = best
                 if name in refs:
                     errors += [f"reference {name}: {e}" for e in refs[name].get("errors", [])]
         if args.profile == "py-spy":

@@ -266,6 +266,8 @@ class LeanLink:
         self.errors: list[str] = []
         self.pings = 0
         self.flow_control_frames = 0
+        self.records_in = 0  # records from the node
+        self.frames_in = 0  # frames in them
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -338,8 +340,10 @@ class LeanLink:
                 break
             pt = decrypt(bytes(buf[off + 2: off + 2 + size]))
             off += 2 + size
+            self.records_in += 1
             p, length = 0, len(pt)
             while p < length:
+                self.frames_in += 1
                 flen = (pt[p] << 8) | pt[p + 1]
                 kind = pt[p + 2]
                 if kind >= SEND:
