@@ -26,12 +26,12 @@ def _config(tmp_path, *extra, users="alice:wonderland\n", mode=0o600):
 
 
 def _start(config):
-    reactor = MemoryReactorClock()
-    node = build_node(reactor, config)
+    memory = MemoryReactorClock()
+    node = build_node(memory, config)
     node.privilegedStartService()
     node.startService()
-    reactor.run()
-    return reactor, node
+    memory.run()  # the memory reactor's run: it fires callWhenRunning hooks and returns
+    return memory, node
 
 
 def _metrics(reactor) -> str:
