@@ -669,3 +669,20 @@ def test_module_stays_sans_io():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_a_given_static_public_key_gives_the_same_handshake():
+    """A relay passes its cached public half instead of recomputing it per handshake."""
+    import os as _os
+
+    from zentalk_relay.link.noise import NoiseNK, public_key
+
+    static = _os.urandom(32)
+    ephemeral = _os.urandom(32)
+    plain = NoiseNK.responder(static, b"p", ephemeral_private=ephemeral)
+    cached = NoiseNK.responder(static, b"p", ephemeral_private=ephemeral, static_public=public_key(static))
+    initiator = NoiseNK.initiator(public_key(static), b"p", ephemeral_private=_os.urandom(32))
+    first = initiator.write_message(b"")
+    plain.read_message(first)
+    cached.read_message(first)
+    assert plain.write_message(b"") == cached.write_message(b"")

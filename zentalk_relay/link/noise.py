@@ -431,6 +431,7 @@ class HandshakeState:
         e: bytes | None = None,
         rs: bytes | None = None,
         psks: tuple[bytes, ...] = (),
+        s_public: bytes | None = None,
     ) -> None:
         self.pattern = pattern
         self.initiator = initiator
@@ -448,7 +449,10 @@ class HandshakeState:
         for name, private in (("s", s), ("e", e)):
             if private is not None:
                 self._keys[name] = _key(private, name)
-                self._publics[name] = public_key(private)
+                # A long-lived static key's public half may be given: it saves a
+                # base-point multiplication on every handshake a relay answers.
+                known = s_public if name == "s" else None
+                self._publics[name] = _key(known, "s_public") if known is not None else public_key(private)
         if rs is not None:
             self._keys["rs"] = _key(rs, "rs")
 
@@ -651,6 +655,7 @@ class NoiseNK:
         rng: Callable[[int], bytes] = os.urandom,
         *,
         psk: bytes | None = None,
+        static_public: bytes | None = None,
     ) -> HandshakeState:
         return HandshakeState(
             cls.pattern,
@@ -659,6 +664,7 @@ class NoiseNK:
             s=static_private,
             e=_ephemeral(ephemeral_private, rng),
             psks=cls._psks(psk),
+            s_public=static_public,
         )
 
     @classmethod

@@ -65,6 +65,7 @@ class LinkHub:
         self._pending: set[LinkAdapter] = set()
         self._replays: OrderedDict[bytes, float] = OrderedDict()
         self._rtt_observer = rtt_observer
+        self._link_private = bytes(identity.link_key)
         self._drained: list[Deferred] = []
         self._sessions: OrderedDict[bytes, tuple[Authenticated, float]] = OrderedDict()
         self.router = None  # set by the node when delivery is built
@@ -125,7 +126,7 @@ class LinkHub:
             return LinkConnection(
                 initiator=False, role=Role.RELAY, signing_key=self.identity.signing_key, carrier=carrier,
                 settings=self.settings, now=now, stats=self.stats,
-                static_private=bytes(self.identity.link_key), accept_roles=accept,
+                static_private=self._link_private, static_public=self.identity.link_public, accept_roles=accept,
                 replay_check=self._fresh_handshake, refuse=refusal, resume_check=self._resume,
             )
 

@@ -193,6 +193,7 @@ class LinkConnection:
         stats: LinkStats | None = None,
         rng: Callable[[int], bytes] = os.urandom,
         static_private: bytes | None = None,
+        static_public: bytes | None = None,
         remote_static: bytes | None = None,
         expected_peer_id: bytes | None = None,
         accept_roles: tuple[Role, ...] = (Role.CLIENT, Role.RELAY),
@@ -240,7 +241,7 @@ class LinkConnection:
         else:
             if static_private is None:
                 raise ValueError("a Noise responder needs its static key")
-            self._noise = NoiseNK.responder(static_private, PROLOGUE, rng=rng)
+            self._noise = NoiseNK.responder(static_private, PROLOGUE, rng=rng, static_public=static_public)
         self._reader = LengthPrefixedReader() if carrier is not Carrier.NOISE_MESSAGES else None
         self._send_cipher = None
         self._recv_cipher = None
