@@ -146,16 +146,7 @@ class LinkAdapter:
 
     def _input(self, handle: Callable[[], list[Event]]) -> None:
         """Handle input with the writes it causes on every link batched to its end."""
-        outer = LinkAdapter._batch is None
-        if outer:
-            LinkAdapter._batch = set()
-        try:
-            self._handle(handle())
-        finally:
-            if outer:
-                batch, LinkAdapter._batch = LinkAdapter._batch, None
-                for adapter in batch:
-                    adapter.flush()
+        batched(lambda: self._handle(handle()))
 
     def throttle(self, window: int, reason, retry_after_ms: int) -> None:
         """Tell the peer to use a smaller window and pause (FLOW_CONTROL)."""
@@ -218,6 +209,24 @@ class LinkAdapter:
     @property
     def state(self) -> State:
         return State.IDLE if self.conn is None else self.conn.state
+
+
+def batched(work: Callable[[], object]) -> None:
+    """Run ``work`` with the frames it queues on any link written once, at its end.
+
+    Link input uses it; so does anything else that answers many links at once
+    (a mailbox commit acknowledging a whole batch of messages).
+    """
+    outer = LinkAdapter._batch is None
+    if outer:
+        LinkAdapter._batch = set()
+    try:
+        work()
+    finally:
+        if outer:
+            batch, LinkAdapter._batch = LinkAdapter._batch, None
+            for adapter in batch:
+                adapter.flush()
 
 
 @implementer(IHandshakeListener)

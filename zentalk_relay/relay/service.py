@@ -47,7 +47,7 @@ from ..link.frames import (
     SyncRequest,
     SyncResponse,
 )
-from ..link.protocol import LinkAdapter, StreamLinkProtocol
+from ..link.protocol import LinkAdapter, StreamLinkProtocol, batched
 from ..link.service import LinkHub
 from ..link.session import Authenticated, Carrier, LinkConnection, Priority
 from ..logs import logger
@@ -140,8 +140,11 @@ class MailboxWriter(Service):
         self._in_flight = self._run(self.store.put_many, items, self._reactor.seconds())
 
         def done(results):
-            for (_, waiting), result in zip(batch, results):
-                waiting.callback(result)
+            def acknowledge():
+                for (_, waiting), result in zip(batch, results):
+                    waiting.callback(result)
+
+            batched(acknowledge)  # one record per sender for the whole commit
 
         def failed(failure):
             log.failure("mailbox write failed", failure)
