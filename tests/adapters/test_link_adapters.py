@@ -268,3 +268,122 @@ def test_the_client_gives_a_connection_five_seconds():
     Deferred.fromCoroutine(connect(reactor, boot, SigningKey.generate())).addErrback(lambda failure: None)
     (host, port, factory, timeout, bind) = reactor.tcpClients[0]
     assert (host, port, timeout) == ("192.0.2.1", 7400, 5.0)
+
+
+class _Mailbox:
+    """What the router needs of MailboxWriter: puts that commit when told to."""
+
+    def __init__(self) -> None:
+        self.puts: list[tuple[bytes, bytes, bytes]] = []
+        self._waiting: list = []
+
+    def put(self, recipient: bytes, message_id: bytes, body: bytes):
+        from twisted.internet.defer import Deferred
+
+        self.puts.append((recipient, message_id, body))
+        waiting = Deferred()
+        self._waiting.append(waiting)
+        return waiting
+
+    def commit(self) -> None:
+        from zentalk_relay.relay.mailbox import PutResult
+
+        waiting, self._waiting = self._waiting, []
+        for deferred in waiting:
+            deferred.callback(PutResult.STORED)
+
+    def acknowledge(self, recipient: bytes, message_ids: list[bytes]):
+        from twisted.internet.defer import succeed
+
+        return succeed(None)
+
+
+class _Mesh:
+    """No other relays: nothing to forget."""
+
+    def forget(self, adapter) -> None:
+        pass
+
+
+@pytest.fixture
+def routed(setup):
+    """The hub with the relay's own Router (SEND runs go through handle_sends) and a fake mailbox."""
+    from zentalk_relay.relay.service import RelayStats, Router
+
+    def make(**settings):
+        reactor, hub, identity = setup(**settings)
+        mailbox = _Mailbox()
+        hub.router = Router(reactor, hub, mailbox, _Mesh(), None, None, RelayStats())
+        return reactor, hub, identity, mailbox
+
+    return make
+
+
+def _send_together(wire: Wire, recipient: bytes, count: int, start: int = 0) -> list:
+    """SENDs queued in one go, so that they leave in one record and reach the relay as one run."""
+    from zentalk_relay.link.protocol import batched
+
+    receipts = []
+    batched(lambda: receipts.extend(wire.client.send(recipient, b"m%d" % i, i.to_bytes(16, "big"))
+                                    for i in range(start, start + count)))
+    return receipts
+
+
+def test_a_run_of_sends_is_delivered_and_each_gets_its_receipt(routed):
+    reactor, hub, identity, mailbox = routed(messages_per_minute=10**6, messages_burst=10**6)
+    sender, receiver = Wire(reactor, hub, identity), Wire(reactor, hub, identity, ip="192.0.2.2")
+    sender.pump()
+    receiver.pump()
+    receipts = _send_together(sender, receiver.node_id, 30)
+    sender.pump()
+    receiver.pump()
+    assert [r.result.status for r in receipts] == [ReceiptStatus.DELIVERED] * 30
+    inbox = receiver.client._inbox.pending  # noqa: SLF001
+    assert [(d.message_id, d.body) for d in inbox] == [(i.to_bytes(16, "big"), b"m%d" % i) for i in range(30)]
+    assert hub.stats.frames_in["send"] == 30
+    assert hub.stats.frames_out["deliver"] == 30 and hub.stats.frames_out["receipt"] == 30
+    assert mailbox.puts == []
+
+
+def test_what_a_busy_recipient_cannot_take_goes_to_its_mailbox(routed):
+    reactor, hub, identity, mailbox = routed(messages_per_minute=10**6, messages_burst=10**6, max_backlog=2)
+    sender = Wire(reactor, hub, identity)
+    receiver = Wire(reactor, hub, identity, ip="192.0.2.2", settings=LinkSettings(window_initial=4))
+    sender.pump()
+    receiver.pump()
+    receiver.server_side.pauseProducing()
+    receipts = _send_together(sender, receiver.node_id, 8)
+    sender.pump()
+    assert [r.result.status for r in receipts[:6]] == [ReceiptStatus.DELIVERED] * 6  # window 4 + backlog 2
+    assert not any(r.called for r in receipts[6:])
+    assert [put[1] for put in mailbox.puts] == [i.to_bytes(16, "big") for i in (6, 7)]
+    mailbox.commit()
+    sender.pump()
+    assert [r.result.status for r in receipts[6:]] == [ReceiptStatus.STORED] * 2
+
+
+def test_delivers_not_acknowledged_when_the_link_drops_go_to_the_mailbox(routed):
+    reactor, hub, identity, mailbox = routed(messages_per_minute=10**6, messages_burst=10**6)
+    sender, receiver = Wire(reactor, hub, identity), Wire(reactor, hub, identity, ip="192.0.2.2")
+    sender.pump()
+    receiver.pump()
+    _send_together(sender, receiver.node_id, 5)
+    sender.pump()
+    receiver.pump()
+    receiver.client.ack([i.to_bytes(16, "big") for i in (0, 1)])  # the client acknowledges two
+    receiver.pump()
+    receiver.server_side.connectionLost(_clean())
+    assert sorted(put[1] for put in mailbox.puts) == [i.to_bytes(16, "big") for i in (2, 3, 4)]
+    assert all(put[0] == receiver.node_id for put in mailbox.puts)
+
+
+def test_sends_to_an_unknown_recipient_are_stored(routed):
+    reactor, hub, identity, mailbox = routed(messages_per_minute=10**6, messages_burst=10**6)
+    sender = Wire(reactor, hub, identity)
+    sender.pump()
+    receipts = _send_together(sender, b"\x07" * 32, 3)
+    sender.pump()
+    mailbox.commit()
+    sender.pump()
+    assert [r.result.status for r in receipts] == [ReceiptStatus.STORED] * 3
+    assert [put[0] for put in mailbox.puts] == [b"\x07" * 32] * 3

@@ -20,9 +20,11 @@ from zentalk_relay.link.session import (
     Priority,
     Received,
     RttSample,
+    Sends,
     State,
     rtt_class,
 )
+from zentalk_relay.link import session
 from zentalk_relay.ratelimit import Rate
 
 
@@ -370,3 +372,187 @@ def test_rate_limits_are_counted():
     pair.pump()
     pair.responder.receive_data(raw_frames(*_sends(3), frames.Pex(1), frames.Pex(1)), pair.now)
     assert pair.responder.stats.rate_limited == {"messages": 1, "pex": 1}
+
+
+# -- the relay's batched path: runs of SENDs, DELIVERs and RECEIPTs as bytes ----------
+
+_FAST = Rate(10**9, 60.0, 10**9)
+
+
+def _active_tls(batch_sends: bool, settings: LinkSettings | None = None) -> Pair:
+    pair = _tls_responder(responder_settings=settings or LinkSettings(messages=_FAST), batch_sends=batch_sends)
+    pair.pump()
+    assert pair.responder.state is State.ACTIVE
+    pair.responder.pull(pair.now)
+    return pair
+
+
+def _record_of(*items: frames.Frame | bytes) -> bytes:
+    """One plaintext record (TLS carrier) holding every item, behind its length."""
+    from zentalk_relay.link.noise import frame as record_frame
+
+    return record_frame(frames.pack_record([i if isinstance(i, bytes) else frames.encode(i) for i in items]))
+
+
+def _flat(events) -> list:
+    """Events with each Sends run spelled out as the Received(Send) events it stands for."""
+    out = []
+    for event in events:
+        if isinstance(event, Sends):
+            out += [("received", frames.Send(*item)) for item in event.items]
+        elif isinstance(event, Received):
+            out.append(("received", event.frame))
+        elif isinstance(event, Closing):
+            out.append(("closing", event.code, event.reason))
+        else:
+            out.append((type(event).__name__,))
+    return out
+
+
+def _both_ways(data: bytes, settings: LinkSettings | None = None):
+    """Feed the same bytes to a relay link with and without batched SENDs; what each did."""
+    seen = []
+    for batch in (False, True):
+        pair = _active_tls(batch, settings)
+        link = pair.responder
+        events = link.receive_data(data, pair.now)
+        out = _tls_frames(link.pull(pair.now))
+        seen.append((events, out, dict(link.stats.frames_in), dict(link.stats.rate_limited), link.state))
+    return seen
+
+
+@pytest.mark.parametrize("case", [
+    "sends", "mixed", "bad_type_after_sends", "truncated_send", "zero_length", "short_send", "empty_record",
+    "rate_limited_in_a_run", "window_exceeded_in_a_run", "close_after_sends",
+])
+def test_batched_sends_do_what_one_frame_at_a_time_does(case):
+    sends = _sends(6, b"body")
+    ack = frames.Ack((b"\x01" * 16,))
+    settings = None
+    if case == "sends":
+        data = _record_of(*sends[:3]) + _record_of(*sends[3:])
+    elif case == "mixed":
+        data = _record_of(sends[0], ack, sends[1], sends[2], frames.Ping(1, b"\x00" * 8, 1), sends[3])
+    elif case == "bad_type_after_sends":
+        data = _record_of(sends[0], sends[1], b"\x7f", sends[2])
+    elif case == "truncated_send":
+        data = _record_of(sends[0], sends[1])[:-3]
+        data = data[:1] + bytes([data[1] - 3]) + data[2:]  # the record is whole, its last frame is not
+    elif case == "zero_length":
+        data = _record_of(sends[0]) + _record_of(sends[1], b"")
+    elif case == "short_send":
+        data = _record_of(sends[0], b"\x30" + b"\x00" * 40, sends[1])
+    elif case == "empty_record":
+        data = _record_of(sends[0]) + b"\x00\x00"
+    elif case == "rate_limited_in_a_run":
+        settings = LinkSettings(messages=Rate(100, 60.0, 4))
+        data = _record_of(*sends)
+    elif case == "window_exceeded_in_a_run":
+        many = _sends(1100)  # 1000 are allowed: the third record crosses the line
+        data = _record_of(*many[:400]) + _record_of(*many[400:900]) + _record_of(*many[900:])
+    else:
+        data = _record_of(sends[0], sends[1], frames.Close(ErrorCode.SHUTTING_DOWN, "bye"), sends[2])
+    (one, one_out, one_in, one_limited, one_state), (batched, out, frames_in, limited, state) = _both_ways(
+        data, settings)
+    assert _flat(batched) == _flat(one)
+    assert [f for f in out if not isinstance(f, frames.WindowUpdate)] == [
+        f for f in one_out if not isinstance(f, frames.WindowUpdate)]
+    assert (frames_in, limited, state) == (one_in, one_limited, one_state)
+    if case in ("sends", "mixed", "close_after_sends", "window_exceeded_in_a_run"):
+        assert any(isinstance(e, Sends) for e in batched)
+    if case == "window_exceeded_in_a_run":
+        assert _flat(batched)[-1] == ("closing", ErrorCode.FLOW_VIOLATION, "more messages than the window allows")
+        assert len(_flat(batched)) == 1001
+
+
+def test_a_run_of_sends_is_one_event_and_consumes_the_window_once():
+    pair = _active_tls(True, LinkSettings(window_initial=10, messages=_FAST))
+    link = pair.responder
+    events = link.receive_data(_record_of(*_sends(7)), pair.now)
+    assert [type(e) for e in events] == [Sends]
+    assert [frames.Send(*item) for item in events[0].items] == _sends(7)
+    # past half the window: one WINDOW_UPDATE that says all seven were consumed
+    assert [f for f in _tls_frames(link.pull(pair.now)) if isinstance(f, frames.WindowUpdate)] == [
+        frames.WindowUpdate(10, 7)]
+
+
+def test_without_batch_sends_every_send_is_its_own_event():
+    pair = _active_tls(False)
+    events = pair.responder.receive_data(_record_of(*_sends(3)), pair.now)
+    assert [type(e) for e in events] == [Received] * 3
+
+
+def _delivers(count: int, size: int = 10) -> list[tuple[bytes, bytes, bytes]]:
+    return [(i.to_bytes(16, "big"), b"\x09" * 32, bytes([i % 251]) * size) for i in range(count)]
+
+
+@pytest.mark.parametrize("window,backlog,paused,count,size", [
+    (1000, 2000, False, 40, 10),  # all within the window
+    (1000, 2000, False, 40, 1500),  # more than one record's worth
+    (5, 20, False, 12, 10),  # window, then backlog
+    (5, 3, False, 12, 10),  # window, backlog, refused
+    (100, 4, True, 6, 10),  # paused by FLOW_CONTROL: backlog, then refused
+])
+def test_send_delivers_is_send_deliver_for_each(window, backlog, paused, count, size):
+    outcomes = []
+    for batched in (False, True):
+        pair = _active_pair(carrier=Carrier.TLS_STREAM, initiator_settings=LinkSettings(window_initial=window),
+                            responder_settings=LinkSettings(max_backlog=backlog))
+        link = pair.responder
+        link.pull(pair.now)
+        if paused:
+            pair.initiator.throttle(100, frames.FlowReason.SYSTEM_LOAD, 1000)
+            pair.pump()
+        items = _delivers(count, size)
+        link.send(frames.Deliver(b"\xff" * 16, b"first"), pair.now)  # a frame queued before the run
+        if batched:
+            taken = link.send_delivers(items, pair.now)
+        else:
+            taken = sum(link.send(frames.Deliver(i, b), pair.now) for i, _, b in items)
+        first = _tls_frames(link.pull(pair.now))
+        later = _tls_frames(link.pull(pair.now + 2))  # after the pause
+        outcomes.append((taken, first, later, link.backlog, dict(link.stats.frames_out), link.credit(pair.now + 2)))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_send_delivers_fills_records_to_the_target():
+    pair = _active_tls(True)
+    link = pair.responder
+    assert link.send_delivers(_delivers(40, 1000), pair.now) == 40
+    from zentalk_relay.link.noise import LengthPrefixedReader
+
+    reader = LengthPrefixedReader()
+    for unit in link.pull(pair.now):
+        reader.receive_data(unit)
+    sizes = []
+    while (record := reader.next_message()) is not None:
+        sizes.append(len(record))
+    assert len(sizes) == 3 and all(size <= session.RECORD_TARGET for size in sizes)
+
+
+@pytest.mark.parametrize("count", [1, 3, 1000])
+@pytest.mark.parametrize("status,code", [(frames.ReceiptStatus.DELIVERED, 0),
+                                         (frames.ReceiptStatus.REFUSED, ErrorCode.RATE_LIMITED)])
+def test_send_receipts_is_send_receipt_for_each(count, status, code):
+    outcomes = []
+    ids = [i.to_bytes(16, "big") for i in range(count)]
+    for batched in (False, True):
+        pair = _active_tls(True)
+        link = pair.responder
+        if batched:
+            assert link.send_receipts(ids, status, code)
+        else:
+            assert all(link.send(frames.Receipt(i, status, code), pair.now) for i in ids)
+        outcomes.append((_tls_frames(link.pull(pair.now)), dict(link.stats.frames_out)))
+    assert outcomes[0] == outcomes[1]
+    assert len(outcomes[1][0]) == count
+
+
+def test_nothing_is_sent_on_a_link_that_is_not_active():
+    pair = Pair(batch_sends=True)
+    assert pair.responder.send_delivers(_delivers(2), pair.now) == 0
+    assert not pair.responder.send_receipts([b"\x00" * 16], 0)
+
+
+def test_type_names_cover_every_frame():
+    assert set(frames.TYPE_NAMES.values()) == set(frames.FRAME_NAMES)

@@ -640,6 +640,8 @@ _NAMES = {
     Onion: "onion", PunchRequest: "punch_request", Punch: "punch",
 }
 FRAME_NAMES = tuple(_NAMES.values())
+#: The metric label of each frame type, by its type byte.
+TYPE_NAMES = {int(kind): kind.name.lower() for kind in FrameType}
 
 
 # -- records ----------------------------------------------------------------

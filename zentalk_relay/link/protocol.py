@@ -28,6 +28,7 @@ from .session import (
     LinkConnection,
     Received,
     RttSample,
+    Sends,
     State,
 )
 
@@ -43,6 +44,10 @@ class LinkOwner(TypingProtocol):
     def link_authenticated(self, adapter: "LinkAdapter", event: Authenticated) -> None: ...
 
     def frame_received(self, adapter: "LinkAdapter", frame: Frame) -> None: ...
+
+    def sends_received(self, adapter: "LinkAdapter", items: list[tuple[bytes, bytes, bytes]]) -> None:
+        """A run of SEND frames, ``(message_id, recipient, body)`` each; only from connections
+        made with ``batch_sends=True``."""
 
     def credit_available(self, adapter: "LinkAdapter") -> None: ...
 
@@ -98,7 +103,9 @@ class LinkAdapter:
     def _handle(self, events: list[Event]) -> None:
         for event in events:
             kind = type(event)
-            if kind is Received:
+            if kind is Sends:
+                self.owner.sends_received(self, event.items)
+            elif kind is Received:
                 self.owner.frame_received(self, event.frame)
             elif kind is Authenticated:
                 self.owner.link_authenticated(self, event)
@@ -136,6 +143,22 @@ class LinkAdapter:
         if accepted:
             self._flush_soon()
         return accepted
+
+    def send_delivers(self, items: list[tuple[bytes, bytes, bytes]]) -> int:
+        """DELIVER ``(message_id, _, body)`` each, in order; how many were taken (see LinkConnection)."""
+        if self.conn is None:
+            return 0
+        taken = self.conn.send_delivers(items, self.reactor.seconds())
+        if taken:
+            self._flush_soon()
+        return taken
+
+    def send_receipts(self, message_ids: list[bytes], status: int, code: int = 0) -> bool:
+        """RECEIPT(message_id, status, code) for each id, in order."""
+        if self.conn is None or not self.conn.send_receipts(message_ids, status, code):
+            return False
+        self._flush_soon()
+        return True
 
     def _flush_soon(self) -> None:
         batch = LinkAdapter._batch

@@ -21,7 +21,7 @@ from ..identity import Identity
 from ..listen import ListenError, describe_port, listen_stream
 from ..logs import logger
 from ..ratelimit import Rate
-from .frames import ErrorCode, Role
+from .frames import ErrorCode, Role, Send
 from .protocol import LinkAdapter, StreamLinkProtocol, WebSocketLinkProtocol
 from .session import Authenticated, Carrier, LinkConnection, LinkSettings, LinkStats, Priority, State
 
@@ -128,6 +128,7 @@ class LinkHub:
                 settings=self.settings, now=now, stats=self.stats,
                 static_private=self._link_private, static_public=self.identity.link_public, accept_roles=accept,
                 replay_check=self._fresh_handshake, refuse=refusal, resume_check=self._resume,
+                batch_sends=True,
             )
 
         if carrier is Carrier.NOISE_MESSAGES:
@@ -163,6 +164,17 @@ class LinkHub:
     def frame_received(self, adapter: LinkAdapter, frame) -> None:
         if self.router is not None:
             self.router.handle(adapter, frame)
+
+    def sends_received(self, adapter: LinkAdapter, items: list[tuple[bytes, bytes, bytes]]) -> None:
+        router = self.router
+        if router is None:
+            return
+        handle_sends = getattr(router, "handle_sends", None)
+        if handle_sends is not None:
+            handle_sends(adapter, items)
+            return
+        for item in items:  # a router that takes frames one by one
+            router.handle(adapter, Send(*item))
 
     def credit_available(self, adapter: LinkAdapter) -> None:
         adapter.flush()

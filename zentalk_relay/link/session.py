@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import enum
 import os
+import struct
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -67,6 +68,16 @@ INITIAL_WINDOW = 1000
 #: larger records cost fewer AEAD calls, smaller ones less head-of-line delay.
 RECORD_TARGET = 16384
 RTT_CLASSES = ((0.050, "excellent"), (0.150, "good"), (0.500, "fair"), (1.000, "poor"))
+
+_LENGTH = struct.Struct("!H").pack  # the length in front of each frame in a record
+_FRAME_HEAD = struct.Struct("!HB").pack  # length ‖ type
+#: A SEND frame's type, message id and recipient: the smallest SEND is this long.
+_SEND_HEAD = 1 + 16 + 32
+_SEND, _DELIVER = frames.FrameType.SEND.value, frames.FrameType.DELIVER.value
+_RECEIPT_SIZE = len(frames.encode(frames.Receipt(bytes(16), 0)))
+_RECEIPT_HEAD = _FRAME_HEAD(_RECEIPT_SIZE, frames.FrameType.RECEIPT)
+#: RECEIPTs built together: as many as fill one record.
+_RECEIPTS_PER_CHUNK = RECORD_TARGET // (2 + _RECEIPT_SIZE)
 
 
 class State(enum.Enum):
@@ -150,6 +161,21 @@ class Received:
 
 
 @dataclass(frozen=True, slots=True)
+class Sends:
+    """SEND frames from the authenticated peer, in order: ``(message_id, recipient, body)`` each.
+
+    Only a connection made with ``batch_sends=True`` (the relay's) returns
+    it, for each run of SEND frames in a record; the frames have passed the
+    window and the rate limit and are counted, just as a :class:`Received`
+    for each would have been. A run that the window or the rate limit cuts
+    short comes as one :class:`Received` per frame instead, with the refusals
+    they cause.
+    """
+
+    items: list[tuple[bytes, bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
 class RttSample:
     seconds: float
 
@@ -168,7 +194,7 @@ class CreditAvailable:
     """The peer opened its window: queued application frames can move again."""
 
 
-Event = Authenticated | Received | RttSample | Closing | CreditAvailable
+Event = Authenticated | Received | Sends | RttSample | Closing | CreditAvailable
 
 
 def rtt_class(seconds: float) -> str:
@@ -202,6 +228,7 @@ class LinkConnection:
         refuse: tuple[ErrorCode, str] | None = None,
         resume: Authenticated | None = None,
         resume_check: Callable[[bytes], Authenticated | None] | None = None,
+        batch_sends: bool = False,
     ) -> None:
         self.initiator = initiator
         self.role = role
@@ -231,6 +258,7 @@ class LinkConnection:
         self._resume_tried = False
         self._resume_token: bytes | None = None
         self._created = now
+        self._batch_sends = batch_sends
 
         if carrier is Carrier.TLS_STREAM:
             self._noise = None
@@ -254,10 +282,11 @@ class LinkConnection:
         self._peer_verified = False
         self._auth_ok_seen = False
 
-        # outbound
+        # outbound: each queue holds frames already behind their record length
+        # prefix, one frame or several (a run of DELIVERs or RECEIPTs) per item
         self._queues: tuple[deque[bytes], ...] = (deque(), deque(), deque(), deque())
         self._raw_out: list[bytes] = []  # handshake messages, sent as they are
-        self._backlog: deque[frames.Frame] = deque()  # flow-controlled frames waiting for credit
+        self._backlog: deque[bytes] = deque()  # flow-controlled frames waiting for credit, one per item
         self._sent_flow = 0
         self._peer_window = INITIAL_WINDOW
         self._peer_consumed = 0
@@ -362,6 +391,8 @@ class LinkConnection:
             plaintext = record
         else:
             return self._close(ErrorCode.UNEXPECTED_FRAME, "data before the secure channel", by_peer=False)
+        if self._batch_sends and self.state is State.ACTIVE:
+            return self._active_record(plaintext, now)
         events: list[Event] = []
         try:
             for raw in frames.split_record(plaintext):
@@ -373,6 +404,78 @@ class LinkConnection:
         except FrameError as error:
             events += self._close(error.code, error.detail, by_peer=False)
         return events
+
+    def _active_record(self, plaintext: bytes, now: float) -> list[Event]:
+        """A record on an ACTIVE link: runs of SEND frames as :class:`Sends`, the rest one by one.
+
+        The checks are those of :func:`frames.split_record` and
+        :func:`frames.decode`, in the same order; the frames before a bad one
+        are handled before the link closes, as they would be one by one.
+        """
+        events: list[Event] = []
+        run: list[tuple[bytes, bytes, bytes]] = []
+        offset, end = 0, len(plaintext)
+        try:
+            if end == 0:
+                raise FrameError(ErrorCode.PROTOCOL_ERROR, "empty record")
+            while offset < end:
+                if offset + 2 > end:
+                    raise FrameError(ErrorCode.PROTOCOL_ERROR, "frame length runs past the record")
+                size = (plaintext[offset] << 8) | plaintext[offset + 1]
+                start = offset + 2
+                stop = start + size
+                if _SEND_HEAD <= size and stop <= end and plaintext[start] == _SEND and size <= frames.MAX_FRAME:
+                    run.append((plaintext[start + 1:start + 17], plaintext[start + 17:start + 49],
+                                plaintext[start + 49:stop]))
+                    offset = stop
+                    continue
+                if size == 0:
+                    raise FrameError(ErrorCode.PROTOCOL_ERROR, "zero-length frame")
+                if size > frames.MAX_FRAME:
+                    raise FrameError(ErrorCode.FRAME_TOO_LARGE, f"{size} bytes")
+                if stop > end:
+                    raise FrameError(ErrorCode.PROTOCOL_ERROR, "frame runs past the record")
+                if run:
+                    events += self._sends(run, now)
+                    run = []
+                    if self.state is not State.ACTIVE:
+                        return events
+                frame = frames.decode(plaintext[start:stop])
+                self.stats.count(self.stats.frames_in, frames.type_name(frame))
+                events += self._active_frame(frame, now)
+                if self.state is not State.ACTIVE:
+                    return events
+                offset = stop
+        except FrameError as error:
+            if run:
+                events += self._sends(run, now)
+            return events + self._close(error.code, error.detail, by_peer=False)
+        if run:
+            events += self._sends(run, now)
+        return events
+
+    def _sends(self, run: list[tuple[bytes, bytes, bytes]], now: float) -> list[Event]:
+        """A run of SEND frames: at once if the window and the rate limit take all of it."""
+        count = len(run)
+        flow = self._received_flow + count
+        if flow > self._allowed_total or (
+                self.peer_role is Role.CLIENT and not self._buckets["messages"].take(now, count)):
+            # the window or the rate limit ends inside this run: frame by frame, as always
+            events: list[Event] = []
+            frames_in = self.stats.frames_in
+            for item in run:
+                frames_in["send"] = frames_in.get("send", 0) + 1
+                events += self._active_frame(Send(*item), now)
+                if self.state is not State.ACTIVE:
+                    break
+            return events
+        frames_in = self.stats.frames_in
+        frames_in["send"] = frames_in.get("send", 0) + count
+        self._received_flow = flow
+        self._idle_check_at = now + self.settings.idle_after
+        self.idle = False
+        self._consumed(count)
+        return [Sends(run)]
 
     # -- Noise ---------------------------------------------------------------
 
@@ -614,17 +717,74 @@ class LinkConnection:
             if self._backlog or self.credit(now) <= 0:
                 if len(self._backlog) >= self.settings.max_backlog:
                     return False
-                self._backlog.append(frame)
+                encoded = frames.encode(frame)
+                self._backlog.append(_LENGTH(len(encoded)) + encoded)
                 return True
             self._sent_flow += 1
             self._idle_check_at = now + self.settings.idle_after
         self._queue(frame, priority)
         return True
 
+    def send_delivers(self, items: list[tuple[bytes, bytes, bytes]], now: float) -> int:
+        """Queue ``DELIVER(message_id, body)`` for each ``(message_id, _, body)``, in order.
+
+        What :meth:`send` does for each, for a whole run: those the peer's
+        window takes are queued, the next wait in the backlog up to
+        ``max_backlog``. Returns how many were taken; the rest are refused.
+        """
+        if self.state is not State.ACTIVE:
+            return 0
+        count = len(items)
+        backlog = self._backlog
+        ready = 0 if backlog else max(0, min(count, self.credit(now)))
+        if ready:
+            queue = self._queues[Priority.MESSAGE]
+            parts: list[bytes] = []
+            size = 0
+            head = _FRAME_HEAD
+            for index in range(ready):
+                message_id, _, body = items[index]
+                length = 17 + len(body)
+                if size + length + 2 > RECORD_TARGET and parts:
+                    queue.append(b"".join(parts))  # one record's worth of DELIVERs in one item
+                    parts, size = [], 0
+                parts += (head(length, _DELIVER), message_id, body)
+                size += length + 2
+            queue.append(b"".join(parts))
+            self._sent_flow += ready
+            self._idle_check_at = now + self.settings.idle_after
+            frames_out = self.stats.frames_out
+            frames_out["deliver"] = frames_out.get("deliver", 0) + ready
+        if ready == count:
+            return count
+        waiting = max(0, min(count - ready, self.settings.max_backlog - len(backlog)))
+        for index in range(ready, ready + waiting):
+            message_id, _, body = items[index]
+            backlog.append(_FRAME_HEAD(17 + len(body), _DELIVER) + message_id + body)
+        return ready + waiting
+
+    def send_receipts(self, message_ids: list[bytes], status: int, code: int = 0) -> bool:
+        """Queue ``RECEIPT(message_id, status, code)`` for each id, in order, as :meth:`send` would."""
+        if self.state is not State.ACTIVE:
+            return False
+        head = _RECEIPT_HEAD
+        tail = bytes([status]) + _LENGTH(code)
+        glue = tail + head
+        queue = self._queues[Priority.MESSAGE]
+        for start in range(0, len(message_ids), _RECEIPTS_PER_CHUNK):
+            queue.append(head + glue.join(message_ids[start:start + _RECEIPTS_PER_CHUNK]) + tail)
+        frames_out = self.stats.frames_out
+        frames_out["receipt"] = frames_out.get("receipt", 0) + len(message_ids)
+        return True
+
     def _release_backlog(self, now: float) -> None:
         credit = self.credit(now)
-        while self._backlog and credit > 0:
-            self._queue(self._backlog.popleft(), Priority.MESSAGE)
+        backlog, queue, frames_out = self._backlog, self._queues[Priority.MESSAGE], self.stats.frames_out
+        while backlog and credit > 0:
+            item = backlog.popleft()
+            queue.append(item)
+            name = frames.TYPE_NAMES[item[2]]
+            frames_out[name] = frames_out.get(name, 0) + 1
             self._sent_flow += 1
             credit -= 1
 
@@ -724,7 +884,8 @@ class LinkConnection:
     # -- output --------------------------------------------------------------
 
     def _queue(self, frame: frames.Frame, priority: Priority) -> None:
-        self._queues[priority].append(frames.encode(frame))
+        encoded = frames.encode(frame)
+        self._queues[priority].append(_LENGTH(len(encoded)) + encoded)
         self.stats.count(self.stats.frames_out, frames.type_name(frame))
 
     def pending(self) -> bool:
@@ -746,22 +907,23 @@ class LinkConnection:
         size = 0
         for queue in self._queues:
             while queue:
-                item = queue[0]
-                if batch and size + len(item) + 2 > RECORD_TARGET:
+                item = queue.popleft()
+                if batch and size + len(item) > RECORD_TARGET:
                     records.append(self._seal(batch))
                     batch, size = [], 0
-                queue.popleft()
                 batch.append(item)
-                size += len(item) + 2
+                size += len(item)
         if batch:
             records.append(self._seal(batch))
-        units += records
-        if self._reader is not None and units:
-            units = [b"".join(noise_frame(u) for u in units)]
-        return self._count_out(units)
+        if self._reader is None:
+            return self._count_out(units + records)
+        pieces = [noise_frame(u) for u in units]
+        for record in records:
+            pieces += (_LENGTH(len(record)), record)
+        return self._count_out([b"".join(pieces)] if pieces else [])
 
     def _seal(self, batch: list[bytes]) -> bytes:
-        plaintext = frames.pack_record(batch)
+        plaintext = batch[0] if len(batch) == 1 else b"".join(batch)
         if self._send_cipher is None:
             return plaintext
         return self._send_cipher.encrypt(plaintext)

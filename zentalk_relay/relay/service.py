@@ -353,7 +353,8 @@ class Router:
         self.pex = None  # the PEX service, when built
         # DELIVERs a client has not acknowledged yet, per link: if the link
         # drops first, they go to the mailbox instead of being lost
-        self._unacked: dict[LinkAdapter, dict[bytes, tuple[bytes, bytes]]] = {}
+        # (message id, recipient, body) by message id
+        self._unacked: dict[LinkAdapter, dict[bytes, tuple[bytes, bytes, bytes]]] = {}
 
     # called by the hub
     def authenticated(self, adapter: LinkAdapter, event: Authenticated) -> None:
@@ -367,7 +368,7 @@ class Router:
         self.mesh.forget(adapter)
         waiting = self._unacked.pop(adapter, None)
         if waiting:
-            for message_id, (recipient, body) in waiting.items():
+            for message_id, recipient, body in waiting.values():
                 self._mailbox.put(recipient, message_id, body)
 
     def handle(self, adapter: LinkAdapter, frame) -> None:
@@ -385,6 +386,31 @@ class Router:
         elif kind is Pex and self.pex is not None:
             self.pex.handle(adapter, frame)
 
+    def handle_sends(self, sender: LinkAdapter, items: list[tuple[bytes, bytes, bytes]]) -> None:
+        """SENDs from one link, ``(message_id, recipient, body)`` each, in order.
+
+        Each run to one recipient is one batch: as many DELIVERs as its link
+        takes, one RECEIPT each to the sender, and the rest as :meth:`_deliver`
+        handles them one by one (the mailbox).
+        """
+        start, count = 0, len(items)
+        while start < count:
+            recipient = items[start][1]
+            stop = start + 1
+            while stop < count and items[stop][1] == recipient:
+                stop += 1
+            run = items if stop - start == count else items[start:stop]
+            target = self._client_link(recipient)
+            taken = target.send_delivers(run) if target is not None else 0
+            if taken:
+                done = run if taken == len(run) else run[:taken]
+                message_ids = [item[0] for item in done]
+                self._unacked.setdefault(target, {}).update(zip(message_ids, done))
+                sender.send_receipts(message_ids, ReceiptStatus.DELIVERED)
+            for message_id, _, body in run[taken:]:
+                self._deliver(recipient, message_id, body, sender)
+            start = stop
+
     # -- delivery ------------------------------------------------------------
 
     def _client_link(self, address: bytes) -> LinkAdapter | None:
@@ -397,7 +423,7 @@ class Router:
         """To the recipient's link if it is here and has room, else into its mailbox."""
         target = self._client_link(recipient)
         if target is not None and target.send(Deliver(message_id, body)):
-            self._unacked.setdefault(target, {})[message_id] = (recipient, body)
+            self._unacked.setdefault(target, {})[message_id] = (message_id, recipient, body)
             if sender is not None:
                 sender.send(Receipt(message_id, ReceiptStatus.DELIVERED))
             else:
