@@ -163,6 +163,110 @@ def _probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hex20(text: str) -> bytes:
+    try:
+        value = bytes.fromhex(text)
+    except ValueError:
+        value = b""
+    if len(value) != 20:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 40 hex digits")
+    return value
+
+
+def _dht(args: argparse.Namespace) -> int:
+    """One DHT operation from a short-lived node: lookup, peers, announce, get, put, relays."""
+    from twisted.internet import defer, task
+
+    from .client.discovery import start_dht
+    from .dht.items import Item, immutable_target
+    from .dht.protocol import find_relays
+
+    config = _config(args)
+    bootstrap = tuple(args.bootstrap) or config.dht.bootstrap
+    if not bootstrap and config.dht.network == "zentalk":
+        print("zentalk-relay: no DHT node to join: give --bootstrap HOST:PORT or set dht.bootstrap", file=sys.stderr)
+        return 1
+    item = None
+    if args.dht_command == "put":
+        import fastbencode
+
+        value = fastbencode.bencode(args.value.encode("utf-8"))
+        if args.mutable:
+            identity, _ = load_identity(config.node.data_dir, create=False)
+            seq = args.seq if args.seq is not None else int(__import__("time").time())
+            item = Item.signed(identity.signing_key, value, seq, args.salt.encode("utf-8"))
+        else:
+            item = Item.immutable(value)
+    outcome: dict = {}
+
+    async def run(reactor) -> None:
+        service = await start_dht(reactor, bootstrap, bind=args.bind, read_only=args.dht_command != "put",
+                                  network=config.dht.network)
+        try:
+            outcome.update(await _dht_operation(args, service.primary, item, find_relays, immutable_target))
+        finally:
+            await service.stopService()
+
+    def main(reactor):
+        return defer.Deferred.fromCoroutine(run(reactor)).addTimeout(args.timeout, reactor)
+
+    try:
+        task.react(main)
+    except SystemExit as exit_:
+        if exit_.code not in (0, None):
+            print(f"zentalk-relay: dht {args.dht_command} did not finish within {args.timeout:g} s",
+                  file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps(outcome, indent=2))
+    else:
+        for key, value in outcome.items():
+            if isinstance(value, list):
+                print(f"{key}:")
+                for entry in value:
+                    print(f"  {entry if not isinstance(entry, dict) else ' '.join(f'{k}={v}' for k, v in entry.items())}")
+            else:
+                print(f"{key}: {value}")
+    return 0 if outcome.get("found", True) else 2
+
+
+async def _dht_operation(args, dht, item, find_relays, immutable_target) -> dict:
+    command = args.dht_command
+    if command == "lookup":
+        done = await dht.find_node(args.target)
+        result = done.result
+        return {"found": bool(result.nodes), "rounds": result.rounds, "queried": result.queried,
+                "nodes": [{"id": n.id.hex(), "address": f"{n.ip}:{n.port}"} for n in result.nodes]}
+    if command == "peers":
+        done = await dht.get_peers(args.info_hash)
+        return {"found": bool(done.result.peers), "rounds": done.result.rounds,
+                "peers": [f"{ip}:{port}" for ip, port in done.result.peers]}
+    if command == "announce":
+        done = await dht.announce(args.info_hash, args.port)
+        return {"found": done.stored > 0, "stored": done.stored, "errors": list(done.errors)}
+    if command == "get":
+        done = await dht.get(args.target, args.salt.encode("utf-8"))
+        found = done.result.item
+        if found is None:
+            return {"found": False, "rounds": done.result.rounds}
+        import fastbencode
+
+        decoded = fastbencode.bdecode(found.value)
+        shown = decoded.decode("utf-8", "replace") if isinstance(decoded, bytes) else repr(decoded)
+        answer = {"found": True, "value": shown, "rounds": done.result.rounds}
+        if found.key is not None:
+            answer.update({"key": found.key.hex(), "seq": found.seq})
+        return answer
+    if command == "put":
+        done = await dht.put(item)
+        return {"found": done.stored > 0, "target": item.target.hex(), "stored": done.stored,
+                "errors": list(done.errors), **({"seq": item.seq} if item.key else {})}
+    records = await find_relays(dht, limit=args.limit)
+    return {"found": bool(records), "relays": [
+        {"node_id": r.node_id.hex(), "bootstrap": str(r.bootstrap()), "onion_public": r.onion_key.hex(),
+         "load": r.load, "version": r.version} for r in records]}
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="zentalk-relay", description="Operate a Zentalk relay node.")
     top.add_argument("--version", action="version", version=f"zentalk-relay {__version__}")
@@ -196,6 +300,37 @@ def parser() -> argparse.ArgumentParser:
                        help="first retransmission timeout in seconds; each test gives up after 15x this (default 0.2)")
     probe.add_argument("--json", action="store_true", help="machine-readable output")
     probe.set_defaults(run=_probe)
+
+    dht = commands.add_parser("dht", help="DHT operations from a short-lived node: lookup, peers, announce, get, "
+                                          "put, relays")
+    operations = dht.add_subparsers(dest="dht_command", required=True)
+
+    def dht_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = with_config(operations.add_parser(name, help=help_text))
+        sub.add_argument("--bootstrap", action="append", default=[], metavar="HOST:PORT",
+                         help="a DHT node to join through; repeatable (default: dht.bootstrap of the configuration)")
+        sub.add_argument("--bind", default="0.0.0.0:0", help="local UDP address (default 0.0.0.0:0; [::]:0 for IPv6)")
+        sub.add_argument("--timeout", type=float, default=30.0, help="give up after this many seconds (default 30)")
+        sub.add_argument("--json", action="store_true", help="machine-readable output")
+        sub.set_defaults(run=_dht)
+        return sub
+
+    dht_command("lookup", "the nodes nearest a 160-bit id").add_argument("target", type=_hex20, help="40 hex digits")
+    dht_command("peers", "peers announced on an info-hash").add_argument("info_hash", type=_hex20,
+                                                                        help="40 hex digits")
+    announce = dht_command("announce", "announce a port on an info-hash")
+    announce.add_argument("info_hash", type=_hex20, help="40 hex digits")
+    announce.add_argument("--port", type=int, default=None, help="the port (default: the source port, implied_port)")
+    get = dht_command("get", "a BEP 44 item by its target")
+    get.add_argument("target", type=_hex20, help="40 hex digits")
+    get.add_argument("--salt", default="", help="the salt of a mutable item (needed to verify it)")
+    put = dht_command("put", "store a string as a BEP 44 item; prints its target")
+    put.add_argument("value", help="the value, stored as a bencoded string")
+    put.add_argument("--mutable", action="store_true", help="a mutable item signed with the node's Ed25519 key")
+    put.add_argument("--salt", default="", help="salt of the mutable item")
+    put.add_argument("--seq", type=int, default=None, help="sequence number (default: the Unix time)")
+    relays = dht_command("relays", "relays announced in the DHT, with their verified records")
+    relays.add_argument("--limit", type=int, default=32, help="records to fetch at most (default 32)")
     return top
 
 

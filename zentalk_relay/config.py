@@ -377,6 +377,80 @@ class PexConfig:
                                             doc="Accept loopback and private addresses in PEX (tests, private networks).")
 
 
+def parse_udp_target(text: str) -> tuple[str, int]:
+    """``host:port`` where host may be a name (resolved when used) or ``[v6]``."""
+    if text.startswith("["):
+        return parse_host_port(text)
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or ":" in host:
+        raise ValueError(f"{text!r} is not host:port (write IPv6 addresses as [addr]:port)")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"port {port!r} in {text!r} is not 1-65535")
+    return host, int(port)
+
+
+def _check_udp_targets(values: tuple[str, ...]) -> None:
+    for value in values:
+        parse_udp_target(value)
+
+
+def _check_dht_udp(values: tuple[str, ...]) -> None:
+    families = set()
+    for value in values:
+        host, _ = parse_host_port(value)
+        family = ipaddress.ip_address(host).version
+        if family in families:
+            raise ValueError(f"more than one IPv{family} address: a node serves one address per family (BEP 32)")
+        families.add(family)
+
+
+DHT_NETWORKS = ("zentalk", "mainline")
+#: The routers BitTorrent clients bootstrap the mainline DHT from.
+MAINLINE_ROUTERS = ("router.bittorrent.com:6881", "router.utorrent.com:6881", "dht.transmissionbt.com:6881",
+                    "dht.libtorrent.org:25401")
+
+
+def _check_network(value: str) -> None:
+    if value not in DHT_NETWORKS:
+        raise ValueError(f"{value!r} is not one of {', '.join(DHT_NETWORKS)}")
+
+
+def _check_bep42(value: str) -> None:
+    if value not in ("flag", "enforce", "off"):
+        raise ValueError(f"{value!r} is not one of flag, enforce, off")
+
+
+@dataclass(frozen=True, slots=True)
+class DhtConfig:
+    enabled: bool = setting(True, doc="Run a DHT node (mainline KRPC over UDP): relay records, relay discovery, "
+                                      "and a bootstrap node for others.")
+    udp: tuple[str, ...] = setting(("0.0.0.0:7403",), check=_check_dht_udp,
+                                   doc="UDP addresses of the DHT node, at most one per family (each family is its "
+                                       "own node, BEP 32); add `[::]:7403` for IPv6; port 0 picks a free port.")
+    network: str = setting("zentalk", check=_check_network,
+                           doc="`zentalk`: a private Zentalk DHT; `mainline`: the public BitTorrent DHT, "
+                               "bootstrapped from its usual routers when `dht.bootstrap` is empty.")
+    bootstrap: tuple[str, ...] = setting(
+        (), check=_check_udp_targets,
+        doc="DHT nodes to join through, `host:port` (names resolved at start). Empty on the `zentalk` network: "
+            "this node is a bootstrap node and waits for others.")
+    publish: bool = setting(True, doc="Publish this relay's signed record (BEP 44) and announce it on the relays' "
+                                      "info-hash.")
+    republish_interval: float = setting(1800.0, check=_check_positive,
+                                        doc="Seconds between republishing the record and the announce; a change "
+                                            "publishes at once.")
+    discover_interval: float = setting(300.0, check=_check_positive,
+                                       doc="Seconds between looking up other relays' records for the mesh.")
+    bep42: str = setting("flag", check=_check_bep42,
+                         doc="Others' node ids that do not match their IP (BEP 42): `flag` keeps and marks them, "
+                             "`enforce` refuses them, `off` does not check.")
+    queries_per_second: int = setting(20, check=_check_positive,
+                                      doc="Datagrams per second one source IP may send us (token bucket).")
+    query_burst: int = setting(50, check=_check_positive, doc="Datagrams one source IP may send at once.")
+    save_interval: float = setting(300.0, check=_check_positive,
+                                   doc="Seconds between saves of the routing table and stored items and peers.")
+
+
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
     enabled: bool = setting(True, doc="Serve /metrics, /healthz and /status over HTTP.")
@@ -394,6 +468,7 @@ class Config:
     onion: OnionConfig = field(default_factory=OnionConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     pex: PexConfig = field(default_factory=PexConfig)
+    dht: DhtConfig = field(default_factory=DhtConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 

@@ -164,6 +164,72 @@ class _PexCollector(Collector):
                        self._stats.refused, ["bogus_address", "private_address", "own_id", "own_address", "duplicate"])
 
 
+DHT_METHODS = ("ping", "find_node", "get_peers", "announce_peer", "get", "put")
+
+
+class _DhtCollector(Collector):
+    """The DHT nodes' plain counters (one :class:`DhtStats` per address family) and live gauges."""
+
+    def __init__(self, service) -> None:
+        self._service = service
+
+    def collect(self) -> Iterable:
+        service = self._service
+        live = service.gauges()
+        stats = service.node_stats()
+        families = sorted(stats)
+        nodes = {(family, state): count for family, numbers in live.items()
+                 for state, count in numbers["nodes"].items()}
+        yield _gauge("zentalk_dht_nodes", "Nodes in the routing table, by address family and BEP 5 state.",
+                     ["family", "state"], nodes,
+                     [(f, s) for f in families for s in ("good", "questionable", "bad")])
+        for name, key, documentation in (
+                ("zentalk_dht_buckets", "buckets", "k-buckets of the routing table."),
+                ("zentalk_dht_replacements", "replacements", "Nodes waiting in the buckets' replacement caches."),
+                ("zentalk_dht_torrents", "torrents", "Info-hashes with announced peers stored here."),
+                ("zentalk_dht_peers", "peers", "Announced peers stored here."),
+                ("zentalk_dht_items", "items", "BEP 44 items stored here."),
+                ("zentalk_dht_operations", "operations", "Lookups, announces and puts in progress."),
+                ("zentalk_dht_transactions", "transactions", "Queries sent and not yet answered or timed out.")):
+            yield _gauge(name, documentation, ["family"], {f: numbers[key] for f, numbers in live.items()})
+
+        def merged(attribute: str) -> dict:
+            total: dict = {}
+            for family, counters in stats.items():
+                for key, value in getattr(counters, attribute).items():
+                    full = (family, *key) if isinstance(key, tuple) else (family, key)
+                    total[full] = total.get(full, 0) + value
+            return total
+
+        yield _counter("zentalk_dht_queries_received", "KRPC queries received and answered, by method and result "
+                       "(ok or the KRPC error code).", ["family", "method", "result"], merged("queries"),
+                       [(f, m, "ok") for f in families for m in DHT_METHODS])
+        yield _counter("zentalk_dht_queries_sent", "KRPC queries sent, by method.", ["family", "method"],
+                       merged("sent"), [(f, m) for f in families for m in DHT_METHODS])
+        yield _counter("zentalk_dht_query_outcomes", "Outcomes of the queries we sent: response, error or timeout.",
+                       ["family", "method", "outcome"], merged("outcomes"),
+                       [(f, m, o) for f in families for m in ("ping", "find_node", "get_peers", "get")
+                        for o in ("response", "timeout")])
+        yield _counter("zentalk_dht_dropped", "Datagrams dropped without an answer, by reason (rate_limited: over "
+                       "the per-IP query rate).", ["family", "reason"], merged("dropped"),
+                       [(f, "rate_limited") for f in families])
+        yield _counter("zentalk_dht_lookups", "Lookups finished, by kind and whether they found what they looked "
+                       "for.", ["family", "kind", "result"], merged("lookups"))
+        yield _counter("zentalk_dht_routing_events", "What became of nodes we heard from (inserted, replaced, "
+                       "full, refused...).", ["family", "outcome"], merged("routing"))
+        yield _counter("zentalk_dht_answers_trimmed", "Answers cut to the amplification budget.", ["family"],
+                       {f: counters.trimmed for f, counters in stats.items()})
+        yield _counter("zentalk_dht_received_bytes", "Bytes of DHT datagrams received.", ["family"],
+                       {f: counters.bytes_received for f, counters in stats.items()})
+        yield _counter("zentalk_dht_sent_bytes", "Bytes of DHT datagrams sent.", ["family"],
+                       {f: counters.bytes_sent for f, counters in stats.items()})
+        yield _counter("zentalk_dht_record_publishes", "Publications of this relay's record: stored (by at least "
+                       "one node), nobody (no node took it), no_address (no public address to publish).",
+                       ["result"], service.stats.publishes, ["stored", "nobody", "no_address"])
+        yield GaugeMetricFamily("zentalk_dht_relays_known", "Other relays whose verified record this node holds.",
+                                value=len(service.relays))
+
+
 class _ServicesCollector(Collector):
     def __init__(self, states: Callable[[], dict[str, bool]]) -> None:
         self._states = states
@@ -215,6 +281,25 @@ class NodeMetrics:
 
     def watch_pex(self, stats, counts: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_PexCollector(stats, counts))
+
+    def watch_dht(self, service) -> None:
+        self.registry.register(_DhtCollector(service))
+
+    def dht_lookup_observer(self) -> Callable:
+        duration = Histogram("zentalk_dht_lookup_seconds", "Time a lookup (and its announce or put) took, by kind.",
+                             ["kind"], buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0),
+                             registry=self.registry)
+        rounds = Histogram("zentalk_dht_lookup_rounds", "Rounds of a lookup (seeds are round 1), by kind.",
+                           ["kind"], buckets=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 20), registry=self.registry)
+        for kind in ("bootstrap", "find_node", "get_peers", "announce", "get", "put"):
+            duration.labels(kind)
+            rounds.labels(kind)
+
+        def observe(done) -> None:
+            duration.labels(done.kind).observe(max(0.0, done.result.finished - done.result.started))
+            rounds.labels(done.kind).observe(done.result.rounds)
+
+        return observe
 
     def watch_services(self, states: Callable[[], dict[str, bool]]) -> None:
         self.registry.register(_ServicesCollector(states))

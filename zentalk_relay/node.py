@@ -85,6 +85,7 @@ class Node(MultiService):
                 service.name: {"running": bool(service.running), "endpoints": list(getattr(service, "endpoints", []))}
                 for service in self
             },
+            **({"dht": self.getServiceNamed("dht").status()} if "dht" in self.namedServices else {}),
         }
 
     def privilegedStartService(self) -> None:
@@ -149,6 +150,8 @@ def build_node(reactor, config: Config, identity: Identity | None = None) -> Nod
         if config.pex.enabled:
             _pex(reactor, config, identity, metrics, link).setServiceParent(node)
         link.setServiceParent(node)
+    if config.dht.enabled:
+        _dht(reactor, config, identity, metrics, node).setServiceParent(node)
     if config.metrics.enabled:
         monitor = MonitorService(reactor, config.metrics.listen, metrics, node.status, node.healthy)
         monitor.setName("metrics")
@@ -207,6 +210,49 @@ def _relay(reactor, config: Config, identity: Identity, metrics: NodeMetrics, hu
                         rotation.relieve)
     metrics.watch_relay(stats, mailbox, mesh.links_up)
     return relay
+
+
+def _dht(reactor, config: Config, identity: Identity, metrics: NodeMetrics, node: Node):
+    """The DHT node; on a relay it also publishes the relay's record and feeds found relays to the mesh."""
+    from .dht.records import RelayRecord
+    from .dht.service import DhtService
+    from .relay.service import Dialable
+
+    link = node.namedServices.get("link")
+    if link is None:
+        service = DhtService(reactor, config.dht, config.node.data_dir, observe_lookup=metrics.dht_lookup_observer())
+        metrics.watch_dht(service)
+        return service
+    hub = link.hub
+    capabilities = hub.settings.capabilities
+
+    def record(external_ip: str | None) -> RelayRecord | None:
+        addresses = link.bootstrap_addresses()
+        if not addresses and external_ip:
+            ports = [int(e.rpartition(":")[2]) for e in link.endpoints if e.startswith("tcp:")]
+            addresses = tuple((external_ip, port) for port in ports[:1])
+        if not addresses:
+            return None
+        load = min(100, round(100 * len(hub.adapters) / max(1, config.link.max_links)))
+        return RelayRecord(identity.ed25519_public, identity.link_public, node.onion_public(), addresses,
+                           capabilities, __version__, load - load % 10)
+
+    mesh = hub.router.mesh
+    pex = node.namedServices.get("pex")
+
+    def on_relay(found: RelayRecord) -> None:
+        if not found.addresses or found.node_id == identity.node_id:
+            return
+        host, port = found.addresses[0]
+        mesh.directory[found.node_id] = Dialable(found.link_key, host, port)
+        if pex is not None:
+            pex.candidate(found.node_id, host, port, found.link_key, found.capabilities)
+        log.info("DHT: found relay {node_id}", node_id=found.node_id.hex()[:16])
+
+    service = DhtService(reactor, config.dht, config.node.data_dir, record=record, signing_key=identity.signing_key,
+                         on_relay=on_relay, observe_lookup=metrics.dht_lookup_observer())
+    metrics.watch_dht(service)
+    return service
 
 
 def _pex(reactor, config: Config, identity: Identity, metrics: NodeMetrics, link: LinkService):

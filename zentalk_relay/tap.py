@@ -31,11 +31,16 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self._stun_udp: list[str] = []
+        self._dht_udp: list[str] = []
         self._sets: list[tuple[str, str, object]] = []
 
     def opt_stun_udp(self, address: str) -> None:
         """UDP address for STUN, host:port or [v6]:port; repeat for more (stun.udp)."""
         self._stun_udp.append(address)
+
+    def opt_dht_udp(self, address: str) -> None:
+        """UDP address of the DHT node, host:port or [v6]:port; one per family (dht.udp)."""
+        self._dht_udp.append(address)
 
     def opt_set(self, assignment: str) -> None:
         """Set any configuration key, KEY=VALUE with a TOML value; repeatable."""
@@ -51,6 +56,7 @@ class Options(usage.Options):
             ("--log-level", "node.log_level", self["log-level"]),
             ("--metrics-listen", "metrics.listen", self["metrics-listen"]),
             ("--stun-udp", "stun.udp", self._stun_udp or None),
+            ("--dht-udp", "dht.udp", self._dht_udp or None),
         ]
         return [item for item in named if item[2] is not None] + self._sets
 

@@ -29,6 +29,7 @@ def _config(tmp_path, *extra):
         ("test", "stun.udp", ["127.0.0.1:0"]),
         ("test", "metrics.listen", "tcp:9464:interface=127.0.0.1"),
         ("test", "link.tcp", ["tcp:7400:interface=127.0.0.1"]),
+        ("test", "dht.udp", ["127.0.0.1:7403"]),
         *extra,
     ])
 
@@ -93,26 +94,28 @@ def test_protocol_answers_through_its_transport():
 
 def test_services_are_named_children(running):
     _, node = running
-    assert sorted(service.name for service in node) == ["link", "metrics", "pex", "relay", "stun"]
+    assert sorted(service.name for service in node) == ["dht", "link", "metrics", "pex", "relay", "stun"]
 
 
 def test_disabled_services_are_absent(tmp_path):
     node = build_node(MemoryReactorClock(), _config(tmp_path, ("test", "stun.enabled", False),
-                                                    ("test", "link.enabled", False)))
+                                                    ("test", "link.enabled", False), ("test", "dht.enabled", False)))
     assert [service.name for service in node] == ["metrics"]
 
 
 def test_one_log_line_per_listening_endpoint(running, events):
     lines = [event["log_format"].format(**event) for event in events if "listening on" in event["log_format"]]
+    node_id = running[1].getServiceNamed("dht").primary.node.node_id.hex()
+    dht_line = f"DHT listening on udp:0.0.0.0:1234, node id {node_id}"
     assert lines == ["STUN listening on udp:0.0.0.0:1234", "links (tcp) listening on tcp:0.0.0.0:7400",
-                     "metrics listening on tcp:0.0.0.0:9464"]
+                     dht_line, "metrics listening on tcp:0.0.0.0:9464"]
 
 
 def test_endpoints_file_is_written_at_start_and_removed_at_stop(running, tmp_path):
     _, node = running
     written = json.loads((tmp_path / ENDPOINTS_FILE).read_text())
     assert written["services"] == {"stun": ["udp:0.0.0.0:1234"], "relay": [], "link": ["tcp:0.0.0.0:7400"],
-                                   "pex": [], "metrics": ["tcp:0.0.0.0:9464"]}
+                                   "pex": [], "dht": ["udp:0.0.0.0:1234"], "metrics": ["tcp:0.0.0.0:9464"]}
     assert written["pid"] == os.getpid()
     node.stopService()
     assert not (tmp_path / ENDPOINTS_FILE).exists()

@@ -52,8 +52,11 @@ class NodeProcess:
         self.process: subprocess.Popen | None = None
 
     def start(self, *, wait: bool = True) -> "NodeProcess":
+        args = self.args
+        if not any(a == "--dht-udp" or a.startswith("dht.") for a in args):
+            args = ("--dht-udp", "127.0.0.1:0", *args)  # not the default port: tests run nodes side by side
         self.process = subprocess.Popen(
-            [program("twistd"), "-n", "--pidfile=", "zentalk-relay", "--data-dir", str(self.data_dir), *self.args],
+            [program("twistd"), "-n", "--pidfile=", "zentalk-relay", "--data-dir", str(self.data_dir), *args],
             cwd=self.workdir,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

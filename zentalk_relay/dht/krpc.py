@@ -178,11 +178,14 @@ class NodeInfo:
 
 @dataclass(frozen=True, slots=True)
 class Ping:
+    """``ping``; ``want_relay`` (argument ``zr``, a Zentalk extension) asks a relay for its key."""
+
     method: ClassVar[str] = "ping"
     tid: bytes
     sender: bytes
     read_only: bool = False
     client: bytes | None = None
+    want_relay: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +274,8 @@ class Response:
     ``nodes`` / ``nodes6`` / ``values`` are None when absent (an empty tuple
     is an empty string or list on the wire). ``value`` is ``v`` bencoded.
     ``your_ip`` is the top-level ``ip`` (BEP 42): the address the responder
-    saw the query come from.
+    saw the query come from. ``relay_key`` (``zr``, a Zentalk extension) is
+    a relay's Ed25519 public key, sent only to a ``ping`` that asks for it.
     """
 
     tid: bytes
@@ -286,6 +290,7 @@ class Response:
     seq: int | None = None
     your_ip: Address | None = None
     client: bytes | None = None
+    relay_key: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,7 +425,7 @@ def _value(args: dict, tid: bytes | None, method: str | None) -> bytes:
 
 
 def _q_ping(tid: bytes, sender: bytes, args: dict, ro: bool, client: bytes | None) -> Ping:
-    return Ping(tid, sender, ro, client)
+    return Ping(tid, sender, ro, client, _flag(args.get(b"zr")))
 
 
 def _q_find_node(tid: bytes, sender: bytes, args: dict, ro: bool, client: bytes | None) -> FindNode:
@@ -548,7 +553,11 @@ def _decode_response(top: dict, tid: bytes, client: bytes | None) -> Response:
         your_ip = unpack_address(your_ip)
     else:
         your_ip = None  # tolerated: BEP 42's hint is optional
-    return Response(tid, sender, nodes, nodes6, values, token, value, key, signature, seq, your_ip, client)
+    relay_key = body.get(b"zr")
+    if type(relay_key) is not bytes or len(relay_key) != 32:
+        relay_key = None  # an extension: ignored unless well-formed
+    return Response(tid, sender, nodes, nodes6, values, token, value, key, signature, seq, your_ip, client,
+                    relay_key)
 
 
 def _decode_error(top: dict, tid: bytes, client: bytes | None) -> ErrorMessage:
@@ -573,7 +582,7 @@ def _query(message: Query, args: dict) -> dict:
 
 
 def _e_ping(m: Ping) -> dict:
-    return _query(m, {})
+    return _query(m, {b"zr": 1} if m.want_relay else {})
 
 
 def _e_find_node(m: FindNode) -> dict:
@@ -639,6 +648,8 @@ def _e_response(m: Response) -> dict:
         body[b"sig"] = m.signature
     if m.seq is not None:
         body[b"seq"] = m.seq
+    if m.relay_key is not None:
+        body[b"zr"] = m.relay_key
     top = {b"t": m.tid, b"y": b"r", b"r": body}
     if m.your_ip is not None:
         top[b"ip"] = pack_address(*m.your_ip)

@@ -72,6 +72,7 @@ __all__ = [
     "ItemStored",
     "OperationDone",
     "PeerAnnounced",
+    "Pinged",
     "normalize_address",
 ]
 
@@ -166,6 +167,15 @@ class OperationDone:
 
 
 @dataclass(frozen=True, slots=True)
+class Pinged:
+    """The end of an owner's :meth:`DhtNode.ping`: the answer, or None after the timeouts or an error."""
+
+    op: int
+    address: Address
+    response: Response | None
+
+
+@dataclass(frozen=True, slots=True)
 class PeerAnnounced:
     info_hash: bytes
     peer: Address
@@ -226,7 +236,7 @@ def normalize_address(source: tuple) -> Address | None:
 
 
 # Transaction purposes.
-_LOOKUP, _PING, _STORE = range(3)
+_LOOKUP, _PING, _STORE, _ASK = range(4)
 
 
 class _Transaction:
@@ -243,7 +253,7 @@ class _Transaction:
 class _Operation:
     __slots__ = ("id", "kind", "lookup", "payload", "pending", "stored", "errors", "result")
 
-    def __init__(self, op_id: int, kind: str, lookup: Lookup, payload: Any = None) -> None:
+    def __init__(self, op_id: int, kind: str, lookup: Lookup | None, payload: Any = None) -> None:
         self.id = op_id
         self.kind = kind  # find_node, get_peers, get, announce, put, bootstrap, refresh
         self.lookup = lookup
@@ -289,6 +299,8 @@ class DhtNode:
         self.items = storage.ItemStore(config.max_items, config.item_ttl)
         self.tokens = TokenSecrets(rng, now, config.token_rotation)
         self.external_ip: str | None = None
+        #: A relay's Ed25519 public key, given to a ``ping`` that asks (``zr``).
+        self.relay_key: bytes | None = None
         self._limits: OrderedDict[str, TokenBucket] = OrderedDict()
         self._transactions: dict[bytes, _Transaction] = {}
         self._deadlines: list[tuple[float, bytes]] = []
@@ -357,6 +369,10 @@ class DhtNode:
             if txn.purpose == _LOOKUP:
                 assert txn.op is not None
                 due[txn.op.id] = txn.op
+                continue
+            if txn.purpose == _ASK:
+                assert txn.op is not None
+                self._ask_timed_out(txn.op, now, out)
                 continue
             self.stats.outcomes[txn.method, "timeout"] += 1
             self.table.failed(txn.address, now)
@@ -442,6 +458,19 @@ class DhtNode:
                  seed: bool = False) -> tuple[int, list[Datagram]]:
         """get_peers, then announce_peer to the k nearest that answered; ``port`` None: implied."""
         return self._operation("announce", info_hash, now, payload=(info_hash, port, seed))
+
+    def ping(self, address: Address, now: float, want_relay: bool = False) -> tuple[int, list[Datagram]]:
+        """One ``ping`` to ``address``, retried like a lookup's query; ends with :class:`Pinged`.
+
+        ``want_relay`` asks a Zentalk relay for its Ed25519 key (the ``zr``
+        extension), which names its BEP 44 record; other nodes ignore it.
+        """
+        op_id = self._next_op
+        self._next_op += 1
+        self._operations[op_id] = _Operation(op_id, "ping", None, (address, want_relay, self.config.query_retries))
+        out = [self._ask(self._operations[op_id], now)]
+        self._count_sent(out)
+        return op_id, out
 
     def get(self, target: bytes, now: float, salt: bytes = b"", seq: int | None = None) -> tuple[int, list[Datagram]]:
         """BEP 44 get: an immutable item, or the newest mutable one (``salt`` needed to verify it)."""
@@ -581,6 +610,25 @@ class DhtNode:
             backoff.popitem(last=False)
         self._ping(address, now, out)
 
+    def _ask(self, op: _Operation, now: float) -> Datagram:
+        address, want_relay, _ = op.payload
+        query = Ping(self._new_tid(), self.node_id, self.config.read_only, self.config.client_version, want_relay)
+        return self._send(query, address, op, _ASK, now)
+
+    def _ask_timed_out(self, op: _Operation, now: float, out: list[Datagram]) -> None:
+        address, want_relay, retries = op.payload
+        if retries > 0:
+            op.payload = (address, want_relay, retries - 1)
+            out.append(self._ask(op, now))
+            return
+        self.stats.outcomes["ping", "timeout"] += 1
+        self.table.failed(address, now)
+        self._asked(op, None)
+
+    def _asked(self, op: _Operation, response: Response | None) -> None:
+        del self._operations[op.id]
+        self._events.append(Pinged(op.id, op.payload[0], response))
+
     def _count_sent(self, out: list[Datagram]) -> None:
         for datagram in out:
             self.stats.bytes_sent += len(datagram.data)
@@ -632,6 +680,9 @@ class DhtNode:
         self._heard(self.table.heard_from(response.sender, address, now, responded=True), now, out)
         if txn.purpose == _PING:
             self._pinging.discard(address)
+        elif txn.purpose == _ASK:
+            assert op is not None
+            self._asked(op, response)
         else:
             assert op is not None
             op.stored += 1
@@ -652,6 +703,9 @@ class DhtNode:
                 self._drive(op, now, out)
         elif txn.purpose == _PING:
             self._pinging.discard(address)
+        elif txn.purpose == _ASK:
+            assert op is not None
+            self._asked(op, None)
         else:
             assert op is not None
             op.errors.append(error.code)
@@ -740,6 +794,8 @@ class DhtNode:
         return Response(query.tid, self.node_id, your_ip=address, client=self.config.client_version, **fields)
 
     def _on_ping(self, query: Ping, address: Address, now: float) -> Response:
+        if query.want_relay and self.relay_key is not None:
+            return self._answer(query, address, now, relay_key=self.relay_key)
         return self._answer(query, address, now)
 
     def _on_find_node(self, query: FindNode, address: Address, now: float) -> Response:
@@ -809,6 +865,8 @@ class DhtNode:
                 response = replace(response, values=_cut(response.values, over, per) or None)
             elif response.value is not None or response.seq is not None:
                 response = replace(response, value=None, key=None, signature=None, seq=None)
+            elif response.relay_key is not None:
+                response = replace(response, relay_key=None)
             elif response.your_ip is not None:
                 response = replace(response, your_ip=None)
             elif response.token is not None:

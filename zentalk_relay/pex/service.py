@@ -138,6 +138,15 @@ class PexService(Service):
             if self._mesh.connect(peer.node_id, give_up_after=3):
                 up += 1 if peer.state == "verified" else 0
 
+    def candidate(self, node_id: bytes, host: str, port: int, link_key: bytes, capabilities: int) -> None:
+        """A relay learned elsewhere (its verified DHT record): dial it like a PEX candidate, within the budget."""
+        now = self._reactor.seconds()
+        entry = codec.Entry(node_id, host, port, capabilities, 0, 0, link_key)
+        if self.book.learn(entry, now, self._own_addresses()) is None:
+            self.stats.learned += 1
+            if self.running:
+                self._maintain(now)
+
     # -- mesh hooks ----------------------------------------------------------------------
 
     def _relay_up(self, node_id: bytes, adapter: LinkAdapter, dialled: Dialable | None) -> None:
