@@ -559,7 +559,7 @@ def _decode_ack(body: bytes) -> Ack:
     if count > MAX_ACK_IDS:
         raise FrameError(ErrorCode.PROTOCOL_ERROR, f"ACK of {count} ids is more than {MAX_ACK_IDS}")
     _exact(body, 2 + 16 * count, "ACK")
-    return Ack(tuple(body[2 + 16 * i : 18 + 16 * i] for i in range(count)))
+    return Ack(struct.unpack_from("16s" * count, body, 2))  # the ids in one call
 
 
 def _decode_resumed(body: bytes) -> Resumed:

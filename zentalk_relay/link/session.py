@@ -74,6 +74,10 @@ _FRAME_HEAD = struct.Struct("!HB").pack  # length ‖ type
 #: A SEND frame's type, message id and recipient: the smallest SEND is this long.
 _SEND_HEAD = 1 + 16 + 32
 _SEND, _DELIVER = frames.FrameType.SEND.value, frames.FrameType.DELIVER.value
+#: A SEND's record length, type, message id and recipient, read in one call.
+_SEND_FIELDS = struct.Struct("!HB16s32s").unpack_from
+_SEND_FIELDS_SIZE = 2 + _SEND_HEAD
+_MAX_FRAME = frames.MAX_FRAME
 _RECEIPT_SIZE = len(frames.encode(frames.Receipt(bytes(16), 0)))
 _RECEIPT_HEAD = _FRAME_HEAD(_RECEIPT_SIZE, frames.FrameType.RECEIPT)
 #: RECEIPTs built together: as many as fill one record.
@@ -165,7 +169,8 @@ class Sends:
     """SEND frames from the authenticated peer, in order: ``(message_id, recipient, body)`` each.
 
     Only a connection made with ``batch_sends=True`` (the relay's) returns
-    it, for each run of SEND frames in a record; the frames have passed the
+    it, for each run of SEND frames in one input (a run may span records;
+    any other frame ends it); the frames have passed the
     window and the rate limit and are counted, just as a :class:`Received`
     for each would have been. A run that the window or the rate limit cuts
     short comes as one :class:`Received` per frame instead, with the refusals
@@ -259,6 +264,7 @@ class LinkConnection:
         self._resume_token: bytes | None = None
         self._created = now
         self._batch_sends = batch_sends
+        self._run: list[tuple[bytes, bytes, bytes]] = []  # SENDs of the read being handled, not yet handed over
 
         if carrier is Carrier.TLS_STREAM:
             self._noise = None
@@ -363,11 +369,14 @@ class LinkConnection:
             try:
                 record = self._reader.next_message()
             except NoiseError as error:
+                events += self._end_run(now)
                 events += self._close(ErrorCode.FRAME_TOO_LARGE, f"bad record ({error.reason})", by_peer=False)
                 break
             if record is None:
                 break
             events += self._record(record, now)
+        if self._run:
+            events += self._end_run(now)
         return events
 
     def receive_record(self, record: bytes, now: float) -> list[Event]:
@@ -377,7 +386,10 @@ class LinkConnection:
         self.stats.bytes_in += len(record)
         if len(record) > 65535:
             return self._close(ErrorCode.FRAME_TOO_LARGE, "WebSocket message larger than a record", by_peer=False)
-        return self._record(record, now)
+        events = self._record(record, now)
+        if self._run:
+            events += self._end_run(now)
+        return events
 
     def _record(self, record: bytes, now: float) -> list[Event]:
         if self._noise is not None and not self._noise.complete:
@@ -386,7 +398,8 @@ class LinkConnection:
             try:
                 plaintext = self._recv_cipher.decrypt(record)
             except NoiseError:
-                return self._close(ErrorCode.DECRYPT_FAILED, "a record failed authentication", by_peer=False)
+                return self._end_run(now) + self._close(ErrorCode.DECRYPT_FAILED, "a record failed authentication",
+                                                        by_peer=False)
         elif self.carrier is Carrier.TLS_STREAM and self._binding is not None:
             plaintext = record
         else:
@@ -406,29 +419,35 @@ class LinkConnection:
         return events
 
     def _active_record(self, plaintext: bytes, now: float) -> list[Event]:
-        """A record on an ACTIVE link: runs of SEND frames as :class:`Sends`, the rest one by one.
+        """A record on an ACTIVE link: its SEND frames join the run, the rest are handled one by one.
 
-        The checks are those of :func:`frames.split_record` and
-        :func:`frames.decode`, in the same order; the frames before a bad one
-        are handled before the link closes, as they would be one by one.
+        The run (:attr:`_run`) goes on across the records of one read, up to
+        the first other frame; it is handed over as one :class:`Sends` before
+        that frame, before the link closes, and at the end of the read. The
+        checks are those of :func:`frames.split_record` and
+        :func:`frames.decode`, in the same order.
         """
+        run = self._run
+        append = run.append
+        head = _SEND_FIELDS
         events: list[Event] = []
-        run: list[tuple[bytes, bytes, bytes]] = []
         offset, end = 0, len(plaintext)
         try:
             if end == 0:
                 raise FrameError(ErrorCode.PROTOCOL_ERROR, "empty record")
             while offset < end:
-                if offset + 2 > end:
+                if end - offset >= _SEND_FIELDS_SIZE:
+                    size, kind, message_id, recipient = head(plaintext, offset)
+                    stop = offset + 2 + size
+                    if kind == _SEND and _SEND_HEAD <= size <= _MAX_FRAME and stop <= end:
+                        append((message_id, recipient, plaintext[offset + _SEND_FIELDS_SIZE:stop]))
+                        offset = stop
+                        continue
+                elif offset + 2 > end:
                     raise FrameError(ErrorCode.PROTOCOL_ERROR, "frame length runs past the record")
                 size = (plaintext[offset] << 8) | plaintext[offset + 1]
                 start = offset + 2
                 stop = start + size
-                if _SEND_HEAD <= size and stop <= end and plaintext[start] == _SEND and size <= frames.MAX_FRAME:
-                    run.append((plaintext[start + 1:start + 17], plaintext[start + 17:start + 49],
-                                plaintext[start + 49:stop]))
-                    offset = stop
-                    continue
                 if size == 0:
                     raise FrameError(ErrorCode.PROTOCOL_ERROR, "zero-length frame")
                 if size > frames.MAX_FRAME:
@@ -436,8 +455,9 @@ class LinkConnection:
                 if stop > end:
                     raise FrameError(ErrorCode.PROTOCOL_ERROR, "frame runs past the record")
                 if run:
-                    events += self._sends(run, now)
-                    run = []
+                    events += self._end_run(now)
+                    run = self._run
+                    append = run.append
                     if self.state is not State.ACTIVE:
                         return events
                 frame = frames.decode(plaintext[start:stop])
@@ -447,15 +467,16 @@ class LinkConnection:
                     return events
                 offset = stop
         except FrameError as error:
-            if run:
-                events += self._sends(run, now)
+            events += self._end_run(now)
             return events + self._close(error.code, error.detail, by_peer=False)
-        if run:
-            events += self._sends(run, now)
         return events
 
-    def _sends(self, run: list[tuple[bytes, bytes, bytes]], now: float) -> list[Event]:
-        """A run of SEND frames: at once if the window and the rate limit take all of it."""
+    def _end_run(self, now: float) -> list[Event]:
+        """Hand over the SENDs gathered so far: at once if the window and the rate limit take them all."""
+        run = self._run
+        if not run:
+            return []
+        self._run = []
         count = len(run)
         flow = self._received_flow + count
         if flow > self._allowed_total or (
@@ -741,15 +762,17 @@ class LinkConnection:
             queue = self._queues[Priority.MESSAGE]
             parts: list[bytes] = []
             size = 0
-            head = _FRAME_HEAD
-            for index in range(ready):
-                message_id, _, body = items[index]
-                length = 17 + len(body)
-                if size + length + 2 > RECORD_TARGET and parts:
+            last = -1
+            for message_id, _, body in items if ready == count else items[:ready]:
+                length = len(body)
+                if length != last:
+                    head = _FRAME_HEAD(length + 17, _DELIVER)
+                    last = length
+                size += length + 19
+                if size > RECORD_TARGET and parts:
                     queue.append(b"".join(parts))  # one record's worth of DELIVERs in one item
-                    parts, size = [], 0
-                parts += (head(length, _DELIVER), message_id, body)
-                size += length + 2
+                    parts, size = [], length + 19
+                parts += (head, message_id, body)
             queue.append(b"".join(parts))
             self._sent_flow += ready
             self._idle_check_at = now + self.settings.idle_after
