@@ -174,6 +174,11 @@ def _check_relay_port(value: int) -> None:
         raise ValueError(f"{value} is not 1024-65535")
 
 
+def _check_cover_rate(value: float) -> None:
+    if not 0 <= value <= 50:
+        raise ValueError(f"{value} is not 0-50 packets per second")
+
+
 def _check_non_negative(value: int) -> None:
     if value < 0:
         raise ValueError(f"{value} is negative")
@@ -345,6 +350,14 @@ class OnionConfig:
                              doc="Seconds the previous onion key still opens packets after a rotation.")
     replay_entries: int = setting(1_000_000, check=_check_positive,
                                   doc="Replay tags remembered per onion key (16 bytes each); rotate before it fills.")
+    mix_delay: float = setting(0.05, check=_check_positive_or_zero,
+                               doc="Mean seconds each onion packet is held before it moves on (exponential, drawn "
+                                   "per packet), so that output order and timing do not follow input; 0: off.")
+    mix_capacity: int = setting(10000, check=_check_positive,
+                                doc="Onion packets held for mixing at most; beyond, the nearest deadline leaves early.")
+    cover_rate: float = setting(0.2, check=_check_cover_rate,
+                                doc="Cover loop packets per second this relay sends (Poisson, through two other relays "
+                                    "and back), at most 50; 0: none.")
 
 
 @dataclass(frozen=True, slots=True)

@@ -121,16 +121,23 @@ class _LinkCollector(Collector):
 
 
 class _RelayCollector(Collector):
-    def __init__(self, stats, mailbox, links_up: Callable[[], int]) -> None:
+    def __init__(self, stats, mailbox, links_up: Callable[[], int], mix_held: Callable[[], int]) -> None:
         self._stats = stats
         self._mailbox = mailbox
         self._links_up = links_up
+        self._mix_held = mix_held
 
     def collect(self) -> Iterable:
         yield _counter("zentalk_relay_onion_packets", "Onion packets handled, by outcome.", ["result"],
                        self._stats.onion, ["forwarded", "delivered", "stored", "cover"])
         yield _counter("zentalk_relay_onion_dropped", "Onion packets dropped, by reason.", ["reason"],
                        self._stats.dropped, ["bad_size", "bad_mac", "replay", "bad_payload", "unknown_next_hop"])
+        yield _counter("zentalk_relay_cover_loops", "Cover loop packets this relay started (sent) or could not "
+                       "(no_path: no linked relay, or fewer than two known); loops that came back count as "
+                       "zentalk_relay_onion_packets_total{result=\"cover\"}.", ["result"], self._stats.cover,
+                       ["sent", "no_path"])
+        yield GaugeMetricFamily("zentalk_relay_mix_held", "Onion packets held for their mixing delay now.",
+                                value=self._mix_held())
         yield GaugeMetricFamily("zentalk_mesh_links_up", "Authenticated links to other relays.",
                                 value=self._links_up())
         store = self._mailbox.store
@@ -276,8 +283,13 @@ class NodeMetrics:
                         registry=self.registry)
         return hop.observe
 
-    def watch_relay(self, stats, mailbox, links_up: Callable[[], int]) -> None:
-        self.registry.register(_RelayCollector(stats, mailbox, links_up))
+    def mix_held_observer(self) -> Callable[[float], None]:
+        held = Histogram("zentalk_relay_mix_delay_seconds", "Time onion packets were held for mixing.",
+                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=self.registry)
+        return held.observe
+
+    def watch_relay(self, stats, mailbox, links_up: Callable[[], int], mix_held: Callable[[], int]) -> None:
+        self.registry.register(_RelayCollector(stats, mailbox, links_up, mix_held))
 
     def watch_pex(self, stats, counts: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_PexCollector(stats, counts))

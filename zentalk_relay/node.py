@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
 from typing import Callable
 
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 
 from . import __version__, systemd
 from .bootstrap import Bootstrap
@@ -152,6 +153,8 @@ def build_node(reactor, config: Config, identity: Identity | None = None) -> Nod
         link.setServiceParent(node)
     if config.dht.enabled:
         _dht(reactor, config, identity, metrics, node).setServiceParent(node)
+        if config.link.enabled and config.onion.cover_rate > 0:
+            _cover(reactor, config, identity, node).setServiceParent(node.getServiceNamed("relay"))
     if config.metrics.enabled:
         monitor = MonitorService(reactor, config.metrics.listen, metrics, node.status, node.healthy)
         monitor.setName("metrics")
@@ -193,6 +196,7 @@ def _relay(reactor, config: Config, identity: Identity, metrics: NodeMetrics, hu
     import time
 
     from .relay import onion
+    from .relay.mixing import Mixer
     from .relay.service import MAILBOX_FILE, MailboxWriter, Mesh, OnionRotation, RelayStats, Router, onion_keyring
 
     stats = RelayStats()
@@ -206,10 +210,30 @@ def _relay(reactor, config: Config, identity: Identity, metrics: NodeMetrics, hu
     replay = onion.ReplayCache(config.onion.replay_entries)
     rotation = OnionRotation(reactor, config.node.data_dir, keyring, replay, config.onion.rotation_interval, time.time)
     rotation.setServiceParent(relay)
+    rng = random.SystemRandom()
+    mixer = Mixer(config.onion.mix_delay, rng, config.onion.mix_capacity) if config.onion.mix_delay > 0 else None
     hub.router = Router(reactor, hub, mailbox, mesh, keyring, replay, stats, metrics.hop_latency_observer(),
-                        rotation.relieve)
-    metrics.watch_relay(stats, mailbox, mesh.links_up)
+                        rotation.relieve, mixer, metrics.mix_held_observer())
+    metrics.watch_relay(stats, mailbox, mesh.links_up, lambda: len(mixer) if mixer is not None else 0)
     return relay
+
+
+def _cover(reactor, config: Config, identity: Identity, node: Node) -> Service:
+    """Cover loops through relays known from their DHT records."""
+    from .relay.cover import PoissonSchedule
+    from .relay.service import CoverTraffic
+
+    router = node.getServiceNamed("link").hub.router
+
+    def relays() -> dict[bytes, bytes]:
+        dht = node.namedServices.get("dht")
+        return {record.node_id: record.onion_key for record in dht.relays.values()} if dht is not None else {}
+
+    rng = random.SystemRandom()
+    cover = CoverTraffic(reactor, router, PoissonSchedule(config.onion.cover_rate, rng),
+                         lambda: (identity.node_id, router.keyring.public), relays, rng)
+    cover.setName("cover")
+    return cover
 
 
 def _dht(reactor, config: Config, identity: Identity, metrics: NodeMetrics, node: Node):

@@ -29,7 +29,7 @@ def _config(tmp_path, *extra):
         ("test", "stun.udp", ["127.0.0.1:0"]),
         ("test", "metrics.listen", "tcp:9464:interface=127.0.0.1"),
         ("test", "link.tcp", ["tcp:7400:interface=127.0.0.1"]),
-        ("test", "dht.udp", ["127.0.0.1:7403"]),
+        ("test", "dht.udp", ["127.0.0.1:0"]),
         *extra,
     ])
 

@@ -19,6 +19,7 @@ def _config(tmp_path, *extra, users="alice:wonderland\n", mode=0o600):
         ("test", "stun.udp", ["127.0.0.1:0"]),
         ("test", "metrics.listen", "tcp:9464:interface=127.0.0.1"),
         ("test", "link.enabled", False),
+        ("test", "dht.enabled", False),
         ("test", "turn.enabled", True),
         ("test", "turn.users_file", str(users_file)),
         *extra,

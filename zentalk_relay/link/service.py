@@ -363,6 +363,9 @@ class LinkService(Service):
     def stopService(self):
         super().stopService()
         closed = self._close_ports()
+        release = getattr(self.hub.router, "release_all", None)
+        if release is not None:
+            release()  # onion packets held for mixing leave before the links close
         drained = self.hub.close_all(ErrorCode.SHUTTING_DOWN, "the relay is shutting down")
         return gatherResults([closed, drained])
 

@@ -53,6 +53,8 @@ from ..link.session import Authenticated, Carrier, LinkConnection, Priority
 from ..logs import logger
 from . import delivery, onion
 from .mailbox import Limits, MailboxStore, Page, PutResult
+from .cover import PoissonSchedule, loop_packet
+from .mixing import Mixer
 
 log = logger(__name__)
 
@@ -66,6 +68,7 @@ class RelayStats:
     """Counts for metrics, kept as plain integers."""
 
     onion: dict[str, int] = field(default_factory=dict)  # forwarded / delivered / stored / cover
+    cover: dict[str, int] = field(default_factory=dict)  # loops sent / no_path
     dropped: dict[str, int] = field(default_factory=dict)  # by reason
     punches: int = 0
 
@@ -337,7 +340,8 @@ class Router:
     def __init__(self, reactor, hub: LinkHub, mailbox: MailboxWriter, mesh: Mesh, keyring: onion.OnionKeyring,
                  replay: onion.ReplayCache, stats: RelayStats,
                  hop_latency: Callable[[float], None] = lambda seconds: None,
-                 replay_pressure: Callable[[], None] = lambda: None) -> None:
+                 replay_pressure: Callable[[], None] = lambda: None, mixer: Mixer | None = None,
+                 mix_held: Callable[[float], None] = lambda seconds: None) -> None:
         self._reactor = reactor
         self._hub = hub
         self._mailbox = mailbox
@@ -355,6 +359,10 @@ class Router:
         # drops first, they go to the mailbox instead of being lost
         # (message id, recipient, body) by message id
         self._unacked: dict[LinkAdapter, dict[bytes, tuple[bytes, bytes, bytes]]] = {}
+        # onion packets held for their mixing delay, and the one timer that releases them
+        self.mixer = mixer
+        self._mix_held = mix_held
+        self._mix_timer = None
 
     # called by the hub
     def authenticated(self, adapter: LinkAdapter, event: Authenticated) -> None:
@@ -459,6 +467,45 @@ class Router:
         self._processed += 1
         if not self._processed & 1023:
             self._replay_pressure()
+        if type(result) is onion.Dropped:
+            self.stats.count(self.stats.onion, "cover")
+        elif self.mixer is None:
+            self._onward(result)
+        else:
+            self._release(self.mixer.push(result, started))
+            self._arm_mixer()
+
+    def _arm_mixer(self) -> None:
+        deadline = self.mixer.next_deadline()
+        if deadline is None or (self._mix_timer is not None and self._mix_timer.active()
+                                and self._mix_timer.getTime() <= deadline):
+            return
+        if self._mix_timer is not None and self._mix_timer.active():
+            self._mix_timer.cancel()
+        self._mix_timer = self._reactor.callLater(max(0.0, deadline - self._clock()), self._mix_due)
+
+    def _mix_due(self) -> None:
+        self._mix_timer = None
+        self._release(self.mixer.due(self._clock()))
+        self._arm_mixer()
+
+    def _release(self, released: list) -> None:
+        for result, held in released:
+            self._mix_held(held)
+            self._onward(result)
+
+    def release_all(self) -> None:
+        """Send on every packet the mixer holds: the relay is stopping, and a held packet is not lost."""
+        if self.mixer is None:
+            return
+        if self._mix_timer is not None and self._mix_timer.active():
+            self._mix_timer.cancel()
+        self._mix_timer = None
+        for result in self.mixer.drain():
+            self._onward(result)
+
+    def _onward(self, result) -> None:
+        """A processed packet's next step: the next relay, or delivery here."""
         kind = type(result)
         if kind is onion.Forwarded:
             self.mesh.forward(result.next_node_id, Onion(result.packet))
@@ -469,8 +516,6 @@ class Router:
                 self.stats.count(self.stats.dropped, "bad_payload")
                 return
             self._deliver(result.address, message_id, body, None)
-        else:
-            self.stats.count(self.stats.onion, "cover")
 
     # -- mailbox -------------------------------------------------------------
 
@@ -667,3 +712,62 @@ class OnionRotation(Service):
         self._state = {"epoch": self._keyring.epoch, "since": wall, "previous_until": wall + self._keyring.overlap}
         self._save()
         log.info("onion key rotated to epoch {epoch}", epoch=self._keyring.epoch)
+
+
+# -- cover traffic -------------------------------------------------------------
+
+
+class CoverTraffic(Service):
+    """Loop packets at the times of a Poisson process (see :mod:`.cover`).
+
+    ``own()`` gives this relay's (node id, current onion key); ``relays()``
+    the other relays whose verified records give an onion key, by node id.
+    A loop starts at a relay this node has a link to, so cover traffic never
+    makes the mesh dial; with no such relay (or fewer than two known) the
+    loop is not sent and counted as ``no_path``.
+    """
+
+    def __init__(self, reactor, router: Router, schedule: PoissonSchedule, own: Callable[[], tuple[bytes, bytes]],
+                 relays: Callable[[], dict[bytes, bytes]], rng) -> None:
+        self._reactor = reactor
+        self._router = router
+        self._schedule = schedule
+        self._own = own
+        self._relays = relays
+        self._rng = rng
+        self._call = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._next()
+
+    def stopService(self):
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        return super().stopService()
+
+    def _next(self) -> None:
+        gap = self._schedule.next_gap()
+        if gap is not None and self.running:
+            self._call = self._reactor.callLater(gap, self._send)
+
+    def _send(self) -> None:
+        self._call = None
+        stats = self._router.stats
+        own = self._own()
+        known = {node_id: key for node_id, key in self._relays().items() if node_id != own[0]}
+        linked = [node_id for node_id in known if self._router.mesh.relay_links(node_id)]
+        if not linked or len(known) < 2:
+            stats.count(stats.cover, "no_path")
+        else:
+            first = self._rng.choice(linked)
+            relays = [(first, known[first])] + [(node_id, key) for node_id, key in known.items() if node_id != first]
+            try:
+                next_hop, packet = loop_packet(own, relays, self._rng)
+            except (ValueError, onion.OnionError):
+                stats.count(stats.cover, "no_path")  # a record with a weak onion key
+            else:
+                self._router.mesh.forward(next_hop, Onion(packet))
+                stats.count(stats.cover, "sent")
+        self._next()
