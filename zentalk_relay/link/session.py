@@ -836,6 +836,11 @@ class LinkConnection:
         return [RttSample(rtt)]
 
     def next_deadline(self) -> float | None:
+        if self.state is State.ACTIVE and self._ping_out is None and not self._idle_probe and not (
+                self._backlog and self._paused_until) and self._deadline_handshake is None:
+            # an active link between PINGs (after every input): the next PING or the idle check
+            ping, idle = self._next_ping, self._idle_check_at
+            return idle if ping is None or idle < ping else ping
         candidates = [self._deadline_connect, self._deadline_handshake]
         if self.state is State.ACTIVE:
             candidates.append(self._next_ping)

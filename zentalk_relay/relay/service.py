@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections import deque
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Callable
 
 from twisted.application.internet import ClientService, backoffPolicy
@@ -59,6 +60,7 @@ from .mixing import Mixer
 log = logger(__name__)
 
 MAILBOX_FILE = "mailbox.sqlite3"
+_MESSAGE_ID, _RECIPIENT = itemgetter(0), itemgetter(1)  # of a SEND run's (message_id, recipient, body)
 #: Margin added to the slower side's RTT before both start punching.
 PUNCH_MARGIN = 0.2
 
@@ -402,9 +404,10 @@ class Router:
         handles them one by one (the mailbox).
         """
         start, count = 0, len(items)
+        single = len(set(map(_RECIPIENT, items))) == 1  # the usual case: one conversation
         while start < count:
             recipient = items[start][1]
-            stop = start + 1
+            stop = count if single else start + 1
             while stop < count and items[stop][1] == recipient:
                 stop += 1
             run = items if stop - start == count else items[start:stop]
@@ -412,7 +415,7 @@ class Router:
             taken = target.send_delivers(run) if target is not None else 0
             if taken:
                 done = run if taken == len(run) else run[:taken]
-                message_ids = [item[0] for item in done]
+                message_ids = list(map(_MESSAGE_ID, done))
                 self._unacked.setdefault(target, {}).update(zip(message_ids, done))
                 sender.send_receipts(message_ids, ReceiptStatus.DELIVERED)
             for message_id, _, body in run[taken:]:
