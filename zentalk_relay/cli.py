@@ -46,6 +46,8 @@ def _info(args: argparse.Namespace) -> int:
     if config.link.enabled:
         endpoints["link"] = list(config.link.tcp) + [
             f"{kind}:{value}" for kind, value in (("tls", config.link.tls), ("ws", config.link.websocket)) if value]
+    if config.dht.enabled:
+        endpoints["dht"] = [f"udp:{address}" for address in config.dht.udp]
     if config.metrics.enabled:
         endpoints["metrics"] = [config.metrics.listen]
     info = {
@@ -200,7 +202,9 @@ def _dht(args: argparse.Namespace) -> int:
     outcome: dict = {}
 
     async def run(reactor) -> None:
-        service = await start_dht(reactor, bootstrap, bind=args.bind, read_only=args.dht_command != "put",
+        # A store from a read-only node makes libtorrent add it to its table and then wait on it.
+        writes = args.dht_command in ("put", "announce")
+        service = await start_dht(reactor, bootstrap, bind=args.bind, read_only=not writes,
                                   network=config.dht.network)
         try:
             outcome.update(await _dht_operation(args, service.primary, item, find_relays, immutable_target))

@@ -469,6 +469,11 @@ class MetricsConfig:
     enabled: bool = setting(True, doc="Serve /metrics, /healthz and /status over HTTP.")
     listen: str = setting("tcp:9464:interface=127.0.0.1", check=_check_stream_endpoint,
                           doc="Twisted endpoint string for the HTTP listener. Keep it on loopback or behind a firewall.")
+    blur_interval: float = setting(
+        60.0, check=_check_positive_or_zero,
+        doc="Usage statistics (link frames and bytes, onion packets, mailbox, TURN relayed traffic) are rounded "
+            "down to 16 events or 64 KiB and refreshed once per this many seconds, so that a scrape cannot show "
+            "one user's message; 0: exact and live (tests, benchmarks).")
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from the first scrape.
 from __future__ import annotations
 
 import platform
+import time
 from typing import Callable, Iterable
 
 from prometheus_client import (
@@ -54,6 +55,35 @@ def _gauge(name, documentation, labels, values, zeros=()):
     return _family(GaugeMetricFamily, name, documentation, labels, values, zeros)
 
 
+#: Usage statistics are rounded down to these steps when blurred.
+EVENTS_STEP = 16
+BYTES_STEP = 64 * 1024
+
+
+class Blur:
+    """Usage statistics as a scrape shows them: rounded down and refreshed at most once per ``interval``.
+
+    A relay with few users would otherwise show, scrape by scrape, when one
+    of them sent a message and how big it was. Counters stay monotonic
+    (each snapshot rounds a larger value down); an ``interval`` of 0 turns
+    blurring off.
+    """
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._snapshots: dict[str, tuple[float, dict]] = {}
+
+    def __call__(self, name: str, values: dict, step: int) -> dict:
+        if self.interval <= 0:
+            return dict(values)
+        now = self._clock()
+        taken = self._snapshots.get(name)
+        if taken is None or now - taken[0] >= self.interval:
+            taken = self._snapshots[name] = (now, {key: value - value % step for key, value in values.items()})
+        return taken[1]
+
+
 class _StunCollector(Collector):
     def __init__(self, stats: BindingStats) -> None:
         self._stats = stats
@@ -67,9 +97,10 @@ class _StunCollector(Collector):
 
 
 class _TurnCollector(Collector):
-    def __init__(self, stats: "_turn.TurnStats", gauges: Callable[[], dict]) -> None:
+    def __init__(self, stats: "_turn.TurnStats", gauges: Callable[[], dict], blur: Blur) -> None:
         self._stats = stats
         self._gauges = gauges
+        self._blur = blur
 
     def collect(self) -> Iterable:
         live = self._gauges()
@@ -84,10 +115,13 @@ class _TurnCollector(Collector):
                        {result: requests.get(("allocate", result), 0) for result in _turn.RESULTS})
         yield _counter("zentalk_turn_requests", "TURN requests answered, by method and result.", ["method", "result"],
                        requests, [(method, "success") for method in _turn.METHODS[:-1]])
-        yield _counter("zentalk_turn_relayed_bytes", "Payload bytes relayed, by direction.", ["direction"],
-                       {"to_peer": stats.to_peer_bytes, "to_client": stats.to_client_bytes})
-        yield _counter("zentalk_turn_relayed_packets", "Packets relayed, by direction.", ["direction"],
-                       {"to_peer": stats.to_peer_packets, "to_client": stats.to_client_packets})
+        blur = self._blur
+        yield _counter("zentalk_turn_relayed_bytes", "Payload bytes relayed, by direction (blurred).", ["direction"],
+                       blur("turn_bytes", {"to_peer": stats.to_peer_bytes, "to_client": stats.to_client_bytes},
+                            BYTES_STEP))
+        yield _counter("zentalk_turn_relayed_packets", "Packets relayed, by direction (blurred).", ["direction"],
+                       blur("turn_packets", {"to_peer": stats.to_peer_packets, "to_client": stats.to_client_packets},
+                            EVENTS_STEP))
         yield _counter("zentalk_turn_refusals", "Requests and packets refused by policy or a limit, by reason.",
                        ["reason"], stats.refusals, _turn.REFUSAL_REASONS)
         yield _counter("zentalk_turn_dropped", "TURN messages and packets dropped without an answer, by reason.",
@@ -96,10 +130,11 @@ class _TurnCollector(Collector):
 
 class _LinkCollector(Collector):
     def __init__(self, stats: LinkStats, counts: Callable[[], dict[tuple[str, str], int]],
-                 refusals: Callable[[], dict[str, int]]) -> None:
+                 refusals: Callable[[], dict[str, int]], blur: Blur) -> None:
         self._stats = stats
         self._counts = counts
         self._refusals = refusals
+        self._blur = blur
 
     def collect(self) -> Iterable:
         stats = self._stats
@@ -109,10 +144,12 @@ class _LinkCollector(Collector):
                        stats.handshakes, ["success"])
         frames = {("in", name): value for name, value in stats.frames_in.items()}
         frames.update({("out", name): value for name, value in stats.frames_out.items()})
-        yield _counter("zentalk_link_frames", "Link frames by direction and type.", ["direction", "type"], frames,
+        yield _counter("zentalk_link_frames", "Link frames by direction and type (blurred).", ["direction", "type"],
+                       self._blur("link_frames", frames, EVENTS_STEP),
                        [(direction, name) for direction in ("in", "out") for name in FRAME_NAMES])
-        yield _counter("zentalk_link_bytes", "Bytes on links, by direction (records, before TLS).", ["direction"],
-                       {"in": stats.bytes_in, "out": stats.bytes_out})
+        yield _counter("zentalk_link_bytes", "Bytes on links, by direction (records, before TLS; blurred).",
+                       ["direction"], self._blur("link_bytes", {"in": stats.bytes_in, "out": stats.bytes_out},
+                                                 BYTES_STEP))
         yield _counter("zentalk_link_refusals", "Links refused by a limit, by reason.", ["reason"], self._refusals())
         yield _counter("zentalk_link_rate_limited", "Frames refused by a per-link token bucket.", ["what"],
                        stats.rate_limited, ["messages", "pex"])
@@ -121,15 +158,17 @@ class _LinkCollector(Collector):
 
 
 class _RelayCollector(Collector):
-    def __init__(self, stats, mailbox, links_up: Callable[[], int], mix_held: Callable[[], int]) -> None:
+    def __init__(self, stats, mailbox, links_up: Callable[[], int], mix_held: Callable[[], int], blur: Blur) -> None:
         self._stats = stats
         self._mailbox = mailbox
         self._links_up = links_up
         self._mix_held = mix_held
+        self._blur = blur
 
     def collect(self) -> Iterable:
-        yield _counter("zentalk_relay_onion_packets", "Onion packets handled, by outcome.", ["result"],
-                       self._stats.onion, ["forwarded", "delivered", "stored", "cover"])
+        blur = self._blur
+        yield _counter("zentalk_relay_onion_packets", "Onion packets handled, by outcome (blurred).", ["result"],
+                       blur("onion", self._stats.onion, EVENTS_STEP), ["forwarded", "delivered", "stored", "cover"])
         yield _counter("zentalk_relay_onion_dropped", "Onion packets dropped, by reason.", ["reason"],
                        self._stats.dropped, ["bad_size", "bad_mac", "replay", "bad_payload", "unknown_next_hop"])
         yield _counter("zentalk_relay_cover_loops", "Cover loop packets this relay started (sent) or could not "
@@ -143,12 +182,16 @@ class _RelayCollector(Collector):
         store = self._mailbox.store
         if store is None:
             return
-        yield GaugeMetricFamily("zentalk_mailbox_messages", "Messages waiting in the mailbox.", value=store.depth)
-        yield GaugeMetricFamily("zentalk_mailbox_bytes", "Bytes of message bodies in the mailbox.", value=store.size)
+        size = blur("mailbox_size", {"messages": store.depth, "bytes": store.size}, EVENTS_STEP)
+        yield GaugeMetricFamily("zentalk_mailbox_messages", "Messages waiting in the mailbox (blurred).",
+                                value=size["messages"])
+        yield GaugeMetricFamily("zentalk_mailbox_bytes", "Bytes of message bodies in the mailbox (blurred).",
+                                value=blur("mailbox_bytes", {"bytes": store.size}, BYTES_STEP)["bytes"])
         stats = store.stats
         yield _counter("zentalk_mailbox_events", "Mailbox outcomes: stored, duplicate, delivered (acknowledged by "
-                       "the owner), expired.", ["event"], {"stored": stats.stored, "duplicate": stats.duplicates,
-                                                            "delivered": stats.delivered, "expired": stats.expired})
+                       "the owner), expired (blurred).", ["event"],
+                       blur("mailbox_events", {"stored": stats.stored, "duplicate": stats.duplicates,
+                                               "delivered": stats.delivered, "expired": stats.expired}, EVENTS_STEP))
         yield _counter("zentalk_mailbox_refused", "Messages the mailbox refused, by reason.", ["reason"],
                        stats.refused or {}, ["recipient_full", "mailbox_full", "too_large"])
 
@@ -249,7 +292,8 @@ class _ServicesCollector(Collector):
 class NodeMetrics:
     """The node's registry and the collectors that read its services."""
 
-    def __init__(self) -> None:
+    def __init__(self, blur_interval: float = 0.0) -> None:
+        self.blur = Blur(blur_interval)
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -265,7 +309,7 @@ class NodeMetrics:
         self.registry.register(_StunCollector(stats))
 
     def watch_turn(self, stats: "_turn.TurnStats", gauges: Callable[[], dict]) -> None:
-        self.registry.register(_TurnCollector(stats, gauges))
+        self.registry.register(_TurnCollector(stats, gauges, self.blur))
 
     def link_rtt_observer(self) -> Callable[[float], None]:
         rtt = Histogram("zentalk_link_rtt_seconds", "Round-trip times measured by PING/PONG.",
@@ -275,7 +319,7 @@ class NodeMetrics:
 
     def watch_links(self, stats: LinkStats, counts: Callable[[], dict[tuple[str, str], int]],
                     refusals: Callable[[], dict[str, int]]) -> None:
-        self.registry.register(_LinkCollector(stats, counts, refusals))
+        self.registry.register(_LinkCollector(stats, counts, refusals, self.blur))
 
     def hop_latency_observer(self) -> Callable[[float], None]:
         hop = Histogram("zentalk_relay_hop_seconds", "Time to process one onion packet at this hop.",
@@ -289,7 +333,7 @@ class NodeMetrics:
         return held.observe
 
     def watch_relay(self, stats, mailbox, links_up: Callable[[], int], mix_held: Callable[[], int]) -> None:
-        self.registry.register(_RelayCollector(stats, mailbox, links_up, mix_held))
+        self.registry.register(_RelayCollector(stats, mailbox, links_up, mix_held, self.blur))
 
     def watch_pex(self, stats, counts: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_PexCollector(stats, counts))

@@ -137,7 +137,7 @@ def build_node(reactor, config: Config, identity: Identity | None = None) -> Nod
         identity, created = load_identity(config.node.data_dir)
         for kind in created:
             log.info("created a new {kind} key in {directory}", kind=kind, directory=str(config.node.data_dir))
-    metrics = NodeMetrics()
+    metrics = NodeMetrics(config.metrics.blur_interval)
     node = Node(reactor, config, identity, metrics)
     if config.stun.enabled:
         _stun(reactor, config, metrics).setServiceParent(node)
@@ -271,7 +271,7 @@ def _dht(reactor, config: Config, identity: Identity, metrics: NodeMetrics, node
         mesh.directory[found.node_id] = Dialable(found.link_key, host, port)
         if pex is not None:
             pex.candidate(found.node_id, host, port, found.link_key, found.capabilities)
-        log.info("DHT: found relay {node_id}", node_id=found.node_id.hex()[:16])
+        log.debug("DHT: found relay {node_id}", node_id=found.node_id.hex()[:16])
 
     service = DhtService(reactor, config.dht, config.node.data_dir, record=record, signing_key=identity.signing_key,
                          on_relay=on_relay, observe_lookup=metrics.dht_lookup_observer())

@@ -55,6 +55,8 @@ class NodeProcess:
         args = self.args
         if not any(a == "--dht-udp" or a.startswith("dht.") for a in args):
             args = ("--dht-udp", "127.0.0.1:0", *args)  # not the default port: tests run nodes side by side
+        if not any(a.startswith("metrics.blur_interval") for a in args):
+            args = ("--set", "metrics.blur_interval=0", *args)  # exact counters; the privacy tests turn it on
         self.process = subprocess.Popen(
             [program("twistd"), "-n", "--pidfile=", "zentalk-relay", "--data-dir", str(self.data_dir), *args],
             cwd=self.workdir,

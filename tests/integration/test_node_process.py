@@ -43,7 +43,7 @@ def test_listening_endpoints_are_logged_once_each(start_node):
     node = start_node(*LOOPBACK_ARGS)
     lines = [line for line in node.output if " listening on " in line]
     endpoints = [endpoint for group in node.endpoints().values() for endpoint in group]
-    assert len(lines) == len(endpoints) == 4
+    assert len(lines) == len(endpoints) == 5  # STUN v4 and v6, links, DHT, metrics
     for endpoint in endpoints:
         assert sum(endpoint in line for line in lines) == 1
 

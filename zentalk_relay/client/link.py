@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Literal
+import random
+from typing import Callable, Literal
 
 from nacl.signing import SigningKey
 from twisted.internet.defer import Deferred, DeferredQueue
@@ -39,6 +40,8 @@ from ..link.session import Authenticated, Carrier, LinkConnection, LinkSettings
 CONNECT_TIMEOUT = 5.0
 ACK_DELAY = 0.05
 SEEN_MEMORY = 100_000
+#: Cover loops per second a client may ask for at most.
+MAX_COVER_RATE = 10.0
 
 
 class LinkClosed(Exception):
@@ -71,6 +74,13 @@ class ClientLink:
         # twice (a DELIVER whose ACK was lost comes back from the mailbox).
         self._seen: OrderedDict[bytes, None] = OrderedDict()
         self._to_ack: list[bytes] = []
+        # Cover loops in flight (message ids) and their counts; see start_cover.
+        self._cover_ids: OrderedDict[bytes, None] = OrderedDict()
+        self._cover_call = None
+        self.cover_sent = 0
+        self.cover_returned = 0
+        #: This client's node id (SHA-256 of its Ed25519 key): where its cover loops come back to.
+        self.own_id: bytes = b""
 
     # -- API -----------------------------------------------------------------
 
@@ -109,6 +119,52 @@ class ClientLink:
         if self.adapter is None or not self.adapter.send(Onion(packet)):
             raise LinkClosed(ErrorCode.RECIPIENT_BUSY, "the link cannot take more now", False)
         return message_id
+
+    def start_cover(self, rate: float, path: Callable[[], list[tuple[bytes, bytes]]], rng=None) -> None:
+        """Send cover loops at ``rate`` per second (Poisson) until :meth:`stop_cover` or the link ends.
+
+        ``path()`` gives the (node id, onion key) hops of each loop, the first
+        the relay of this link and the last the relay that delivers back to
+        this client (usually the same one). Each loop is an onion packet like
+        a message, with a random body of a plausible size; it comes back as a
+        DELIVER that is acknowledged and discarded, never handed to
+        :meth:`receive`. ``rate`` is bounded at 10 per second.
+        """
+        from ..relay.cover import PoissonSchedule
+
+        rng = rng or random.SystemRandom()
+        self.stop_cover()
+        schedule = PoissonSchedule(min(rate, MAX_COVER_RATE), rng)
+
+        def fire() -> None:
+            self._cover_call = None
+            if self.adapter is None or self.adapter.conn is None or self.node_id is None:
+                return
+            hops = path()
+            if hops:
+                self._send_cover(hops, rng.randint(64, 1024))
+            gap = schedule.next_gap()
+            if gap is not None:
+                self._cover_call = self.reactor.callLater(gap, fire)
+
+        gap = schedule.next_gap()
+        if gap is not None:
+            self._cover_call = self.reactor.callLater(gap, fire)
+
+    def stop_cover(self) -> None:
+        if self._cover_call is not None and self._cover_call.active():
+            self._cover_call.cancel()
+        self._cover_call = None
+
+    def _send_cover(self, hops: list[tuple[bytes, bytes]], body_size: int) -> None:
+        from ..relay.cover import client_loop_packet
+
+        message_id, packet = client_loop_packet(hops, self.own_id, body_size)
+        if self.adapter.send(Onion(packet)):
+            self._cover_ids[message_id] = None
+            if len(self._cover_ids) > SEEN_MEMORY:
+                self._cover_ids.popitem(last=False)
+            self.cover_sent += 1
 
     def sync(self, cursor: int = 0, limit: int = 100) -> Deferred:
         """The next page of this client's mailbox: a SYNC_RESPONSE."""
@@ -152,7 +208,10 @@ class ClientLink:
         kind = type(frame)
         if kind is Deliver:
             self._ack_soon(frame.message_id)
-            if self._first_time(frame.message_id):
+            if frame.message_id in self._cover_ids:
+                del self._cover_ids[frame.message_id]
+                self.cover_returned += 1
+            elif self._first_time(frame.message_id):
                 self._inbox.put(frame)
         elif kind is Receipt:
             waiting = self._receipts.pop(frame.message_id, None)
@@ -205,6 +264,7 @@ class ClientLink:
         pass
 
     def link_closed(self, adapter: LinkAdapter, code: ErrorCode, reason: str, by_peer: bool) -> None:
+        self.stop_cover()
         failure = LinkClosed(code, reason, by_peer)
         receipts, self._receipts = self._receipts, {}
         for waiting in [*receipts.values(), *self._syncs, *self._punches]:
@@ -248,6 +308,7 @@ async def connect(
     if host is None:
         raise ValueError("the bootstrap string names no address; pass address=")
     client = ClientLink(reactor)
+    client.own_id = hashlib.sha256(bytes(signing_key.verify_key)).digest()
     carrier = {"tcp": Carrier.NOISE_STREAM, "tls": Carrier.TLS_STREAM, "ws": Carrier.NOISE_MESSAGES}[transport]
     make = _connection_maker(bootstrap, signing_key, carrier, role, settings, resume)
     if transport == "ws":
