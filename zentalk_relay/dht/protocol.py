@@ -17,6 +17,7 @@ import random
 from typing import Callable
 
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.error import InvalidAddressError
 from twisted.internet.protocol import DatagramProtocol
 
 from ..logs import logger
@@ -70,8 +71,9 @@ class DhtProtocol(DatagramProtocol):
         for datagram in datagrams:
             try:
                 self.transport.write(datagram.data, datagram.address)
-            except OSError:
-                # an unreachable network or a refused destination: the query times out like a lost one
+            except (OSError, InvalidAddressError):
+                # an unreachable network, a refused destination or (InvalidAddressError, raised by the
+                # port itself) an address of the other family: the query times out like a lost one
                 self.send_errors += 1
 
     def _after(self) -> None:
@@ -161,7 +163,10 @@ async def find_relays(dht: DhtProtocol, *, limit: int = 32, known: dict[Address,
     """
     known = {} if known is None else known
     done = await dht.get_peers(RELAYS_INFO_HASH)
-    peers = list(dict.fromkeys(done.result.peers))
+    # Announced addresses come from other nodes: only those this node's socket can reach are pinged.
+    family = dht.node.config.family
+    peers = [address for address in dict.fromkeys(done.result.peers)
+             if address[1] and (":" in address[0]) == (family == 6)]
     (rng or random.SystemRandom()).shuffle(peers)
     unknown = [address for address in peers if address not in known][: limit * 2]
     pings = await DeferredList([dht.ping(address, want_relay=True) for address in unknown], consumeErrors=True)
