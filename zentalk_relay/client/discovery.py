@@ -56,11 +56,13 @@ def choose_path(records: list[RelayRecord], length: int = 3, *, rng: random.Rand
     if exit_relay is not None:
         pool.pop(exit_relay.key, None)
     wanted = length - (exit_relay is not None)
+    if len(pool) < wanted:
+        raise ValueError(f"{len(pool)} usable relays for a path of {length}")
     light = [record for record in pool.values() if record.load <= max_load]
-    candidates = light if len(light) >= wanted else list(pool.values())
-    if len(candidates) < wanted:
-        raise ValueError(f"{len(candidates)} usable relays for a path of {length}")
-    path = rng.sample(candidates, wanted)
+    heavy = [record for record in pool.values() if record.load > max_load]
+    path = rng.sample(light, min(wanted, len(light)))
+    path += rng.sample(heavy, wanted - len(path))  # only as many loaded relays as it takes
+    rng.shuffle(path)
     return path + [exit_relay] if exit_relay is not None else path
 
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import random
 from typing import Callable
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, fail
+from twisted.internet.error import ConnectionDone
 from twisted.internet.error import InvalidAddressError
 from twisted.internet.protocol import DatagramProtocol
 
@@ -55,6 +56,9 @@ class DhtProtocol(DatagramProtocol):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        waiting, self._waiting = self._waiting, {}
+        for deferred in waiting.values():  # no Deferred waits forever: the socket is gone
+            deferred.errback(ConnectionDone("the DHT socket was closed"))
 
     def datagramReceived(self, data: bytes, source) -> None:
         self._send(self.node.handle(data, source, self.reactor.seconds()))
@@ -110,6 +114,8 @@ class DhtProtocol(DatagramProtocol):
 
     def _run(self, started: tuple[int, list[Datagram]]) -> Deferred:
         op, datagrams = started
+        if self.transport is None:
+            return fail(ConnectionDone("the DHT socket is closed"))
         waiting = self._waiting[op] = Deferred()
         self._send(datagrams)
         self._after()

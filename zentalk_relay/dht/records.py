@@ -46,6 +46,8 @@ RECORD_SALT = b"zentalk-relay"
 RELAYS_INFO_HASH = hashlib.sha1(b"zentalk-relay/relays/1").digest()
 FORMAT = 1
 MAX_ADDRESSES = 8
+#: A v3 onion address (56 characters), ".onion" and ":port".
+MAX_ONION = 72
 
 
 class RecordError(ValueError):
@@ -89,12 +91,12 @@ class RelayRecord:
             b"lk": self.link_key,
             b"ok": self.onion_key,
             b"c": self.capabilities,
-            b"v": self.version.encode("utf-8")[:32],
+            b"v": self.version[:32].encode("utf-8"),
             b"l": max(0, min(100, self.load)),
             b"t": self.timestamp,
         }
         if self.onion_service:
-            body[b"o"] = self.onion_service.encode("ascii")
+            body[b"o"] = self.onion_service.encode("ascii")[:MAX_ONION]
         return fastbencode.bencode(body)
 
     def sign(self, signing_key: SigningKey, seq: int) -> Item:
@@ -139,6 +141,8 @@ class RelayRecord:
         version, onion_service = body.get(b"v", b""), body.get(b"o", b"")
         if type(version) is not bytes or type(onion_service) is not bytes:
             raise RecordError("v and o must be strings")
+        if len(onion_service) > MAX_ONION:
+            raise RecordError(f"o is longer than {MAX_ONION} bytes")
         try:
             onion_text = onion_service.decode("ascii")
         except UnicodeDecodeError:
@@ -146,5 +150,5 @@ class RelayRecord:
         parsed = tuple(unpack_address(a) for a in addresses[:MAX_ADDRESSES])
         if any(port == 0 for _, port in parsed):
             raise RecordError("an address has port 0")
-        return cls(key, link_key, onion_key, parsed, numbers[b"c"], version.decode("utf-8", "replace"),
+        return cls(key, link_key, onion_key, parsed, numbers[b"c"], version.decode("utf-8", "replace")[:32],
                    min(100, numbers[b"l"]), numbers[b"t"], onion_text)
