@@ -11,6 +11,7 @@ endpoint, which stops start-up.
 from __future__ import annotations
 
 import socket
+from typing import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
@@ -104,3 +105,53 @@ def listen_stream(reactor, description: str, factory) -> IListeningPort:
     if isinstance(result, Failure):
         raise ListenError(f"cannot listen on {description}: {result.getErrorMessage()}")
     return result
+
+
+class ReloadableTLS:
+    """A server TLS context read from PEM files, read again by :meth:`reload` (SIGHUP).
+
+    Twisted asks a context factory for its context at every new connection,
+    so a renewed certificate serves new connections at once while existing
+    ones keep theirs. ``options(key, certificates)`` makes the
+    ``CertificateOptions`` (TLS versions, ALPN) from the loaded objects.
+    """
+
+    def __init__(self, certificate_path: str, key_path: str, options: Callable, what: str = "TLS") -> None:
+        self._certificate_path = certificate_path
+        self._key_path = key_path
+        self._options = options
+        self._what = what
+        self._current = self._load()
+
+    def _load(self):
+        from OpenSSL import crypto
+
+        try:
+            with open(self._certificate_path, "rb") as handle:
+                chain = handle.read()
+            with open(self._key_path, "rb") as handle:
+                key = crypto.load_privatekey(crypto.FILETYPE_PEM, handle.read())
+            marker = b"-----END CERTIFICATE-----"
+            certificates = [crypto.load_certificate(crypto.FILETYPE_PEM, part + marker)
+                            for part in chain.split(marker) if b"-----BEGIN CERTIFICATE-----" in part]
+        except (OSError, crypto.Error) as error:
+            raise ListenError(f"cannot load the {self._what} certificate or key: {error}") from None
+        if not certificates:
+            raise ListenError(f"no certificate in {self._certificate_path}")
+        options = self._options(key, certificates)
+        options.getContext()  # fails now, not at the first connection, if key and certificate disagree
+        return options
+
+    def reload(self, certificate_path: str | None = None, key_path: str | None = None) -> None:
+        """Read the files (new paths if given); the old context stays if they do not load (ListenError)."""
+        old = (self._certificate_path, self._key_path)
+        self._certificate_path = certificate_path or self._certificate_path
+        self._key_path = key_path or self._key_path
+        try:
+            self._current = self._load()
+        except Exception:
+            self._certificate_path, self._key_path = old
+            raise
+
+    def getContext(self):
+        return self._current.getContext()

@@ -18,7 +18,7 @@ from twisted.internet.protocol import Factory
 
 from ..config import LinkConfig
 from ..identity import Identity
-from ..listen import ListenError, describe_port, listen_stream
+from ..listen import ListenError, ReloadableTLS, describe_port, listen_stream
 from ..logs import logger
 from ..ratelimit import Rate
 from .frames import ErrorCode, Role, Send
@@ -263,32 +263,15 @@ class _LinkFactory(Factory):
         return protocol
 
 
-def _tls_factory(config: LinkConfig, wrapped: Factory):
-    """TLS 1.3 only, ALPN zentalk/3, around ``wrapped``."""
-    from OpenSSL import crypto
+def _tls_context(config: LinkConfig) -> ReloadableTLS:
+    """TLS 1.3 only, ALPN zentalk/3; certificate and key read again on reload."""
     from twisted.internet.ssl import CertificateOptions, TLSVersion
-    from twisted.protocols.tls import TLSMemoryBIOFactory
 
-    try:
-        with open(config.tls_certificate, "rb") as handle:
-            chain = handle.read()
-        with open(config.tls_private_key, "rb") as handle:
-            key = crypto.load_privatekey(crypto.FILETYPE_PEM, handle.read())
-    except (OSError, crypto.Error) as error:
-        raise ListenError(f"cannot load the TLS certificate or key: {error}") from None
-    certificates = [crypto.load_certificate(crypto.FILETYPE_PEM, block) for block in _pem_blocks(chain)]
-    if not certificates:
-        raise ListenError(f"no certificate in {config.tls_certificate}")
-    options = CertificateOptions(
-        privateKey=key, certificate=certificates[0], extraCertChain=certificates[1:],
-        raiseMinimumTo=TLSVersion.TLSv1_3, acceptableProtocols=[b"zentalk/3"],
-    )
-    return TLSMemoryBIOFactory(options, False, wrapped)
+    def options(key, certificates):
+        return CertificateOptions(privateKey=key, certificate=certificates[0], extraCertChain=certificates[1:],
+                                  raiseMinimumTo=TLSVersion.TLSv1_3, acceptableProtocols=[b"zentalk/3"])
 
-
-def _pem_blocks(chain: bytes) -> list[bytes]:
-    marker = b"-----END CERTIFICATE-----"
-    return [part + marker for part in chain.split(marker) if b"-----BEGIN CERTIFICATE-----" in part]
+    return ReloadableTLS(config.tls_certificate, config.tls_private_key, options)
 
 
 class _WebSocketFactory:
@@ -307,6 +290,7 @@ class LinkService(Service):
         self._config = config
         self.hub = hub
         self._ports: list[tuple[str, object]] = []
+        self.tls: ReloadableTLS | None = None
 
     @property
     def endpoints(self) -> list[str]:
@@ -331,8 +315,11 @@ class LinkService(Service):
             if self._config.tls:
                 if not (self._config.tls_certificate and self._config.tls_private_key):
                     raise ListenError("link.tls needs link.tls_certificate and link.tls_private_key")
+                from twisted.protocols.tls import TLSMemoryBIOFactory
+
+                self.tls = _tls_context(self._config)
                 self._listen("tls", self._config.tls,
-                             _tls_factory(self._config, _LinkFactory(self.hub, Carrier.TLS_STREAM)))
+                             TLSMemoryBIOFactory(self.tls, False, _LinkFactory(self.hub, Carrier.TLS_STREAM)))
             if self._config.websocket:
                 from twisted.web.resource import Resource
                 from twisted.web.server import Site

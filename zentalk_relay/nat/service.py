@@ -18,7 +18,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import gatherResults, maybeDeferred
 
 from ..config import StunConfig, TurnConfig, parse_host_port
-from ..listen import ListenError, adopt_udp, bind_udp, describe_port, listen_stream, listen_udp
+from ..listen import ListenError, ReloadableTLS, adopt_udp, bind_udp, describe_port, listen_stream, listen_udp
 from ..logs import logger
 from ..ratelimit import Rate
 from .binding import BehaviourResponder, BindingResponder, BindingStats
@@ -94,30 +94,19 @@ def build_turn(stun: StunConfig, turn: TurnConfig, stats: TurnStats) -> TurnServ
                       policy, random.SystemRandom(), stats)
 
 
-def _tls_factory(config: StunConfig, wrapped):
-    """TLS 1.2 or 1.3 around ``wrapped`` (WebRTC's TURN clients speak both; RFC 8656 asks for 1.2+)."""
-    from OpenSSL import crypto
+def _tls_context(config: StunConfig) -> ReloadableTLS:
+    """TLS 1.2 or 1.3 (WebRTC's TURN clients speak both; RFC 8656 asks for 1.2+); read again on reload."""
     from twisted.internet.ssl import CertificateOptions, TLSVersion
-    from twisted.protocols.tls import TLSMemoryBIOFactory
 
-    try:
-        with open(config.tls_certificate, "rb") as handle:
-            chain = handle.read()
-        with open(config.tls_private_key, "rb") as handle:
-            key = crypto.load_privatekey(crypto.FILETYPE_PEM, handle.read())
-    except (OSError, crypto.Error) as error:
-        raise ListenError(f"cannot load the STUN/TURN TLS certificate or key: {error}") from None
-    marker = b"-----END CERTIFICATE-----"
-    blocks = [part + marker for part in chain.split(marker) if b"-----BEGIN CERTIFICATE-----" in part]
-    certificates = [crypto.load_certificate(crypto.FILETYPE_PEM, block) for block in blocks]
-    if not certificates:
-        raise ListenError(f"no certificate in {config.tls_certificate}")
-    options = CertificateOptions(privateKey=key, certificate=certificates[0], extraCertChain=certificates[1:],
-                                 raiseMinimumTo=TLSVersion.TLSv1_2)
-    # ALPN: RFC 7443's ids when offered (coturn's client offers "stun.turn"),
-    # and no ALPN at all, rather than a failed handshake, for any other offer.
-    options.getContext().set_alpn_select_callback(_select_alpn)
-    return TLSMemoryBIOFactory(options, False, wrapped)
+    def options(key, certificates):
+        made = CertificateOptions(privateKey=key, certificate=certificates[0], extraCertChain=certificates[1:],
+                                  raiseMinimumTo=TLSVersion.TLSv1_2)
+        # ALPN: RFC 7443's ids when offered (coturn's client offers "stun.turn"),
+        # and no ALPN at all, rather than a failed handshake, for any other offer.
+        made.getContext().set_alpn_select_callback(_select_alpn)
+        return made
+
+    return ReloadableTLS(config.tls_certificate, config.tls_private_key, options, "STUN/TURN TLS")
 
 
 def _select_alpn(connection, offered: list[bytes]):
@@ -141,6 +130,7 @@ class NatService(Service):
         self.hub = NatHub(reactor, turn, config.socket_buffer) if turn is not None else None
         self._ports: list[tuple[str, object]] = []
         self._sockets: list = []
+        self.tls: ReloadableTLS | None = None
 
     @property
     def endpoints(self) -> list[str]:
@@ -158,7 +148,10 @@ class NatService(Service):
             if self._config.tls:
                 if not (self._config.tls_certificate and self._config.tls_private_key):
                     raise ListenError("stun.tls needs stun.tls_certificate and stun.tls_private_key")
-                factory = _tls_factory(self._config, NatStreamFactory(self.responder, self.hub, "tls"))
+                from twisted.protocols.tls import TLSMemoryBIOFactory
+
+                self.tls = _tls_context(self._config)
+                factory = TLSMemoryBIOFactory(self.tls, False, NatStreamFactory(self.responder, self.hub, "tls"))
                 self._listen_stream("tls", self._config.tls, factory)
         except Exception:
             self._close()
