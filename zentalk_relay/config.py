@@ -124,6 +124,9 @@ class NodeConfig:
     )
     log_level: str = setting("info", check=_check_log_level,
                              doc="Lowest level of the node's own log events: debug, info, warn, error, critical.")
+    drain_timeout: float = setting(15.0, check=_check_positive,
+                                   doc="Seconds a stopping node (SIGTERM) waits for its links to close, the mailbox "
+                                       "to commit and state to be saved before it exits anyway.")
 
 
 def _check_ip_addresses(values: tuple[str, ...]) -> None:
@@ -187,6 +190,11 @@ def _check_non_negative(value: int) -> None:
 def _check_realm(value: str) -> None:
     if not value or len(value) >= 128:
         raise ValueError("REALM must be 1-127 characters (RFC 8489)")
+
+
+def _check_optional_address(value: str) -> None:
+    if value:
+        parse_host_port(value)
 
 
 def _check_nat_streams(values: tuple[str, ...]) -> None:
@@ -261,6 +269,9 @@ class TurnConfig:
     challenges_per_second: int = setting(10, check=_check_positive,
                                          doc="401 answers per second to one source IP, to limit reflection.")
     challenge_burst: int = setting(20, check=_check_positive, doc="401 answers at once to one source IP.")
+    alternate_server: str = setting("", check=_check_optional_address,
+                                    doc="`ip:port` of another TURN server; while this node drains before it stops, "
+                                        "new allocations are sent there (300 Try Alternate) instead of refused (508).")
     rfc5766_channels: bool = setting(False, doc="Accept channel numbers 0x5000-0x7FFF, which RFC 5766 allowed and "
                                                 "RFC 8656 reserves, for old clients (coturn's turnutils_uclient "
                                                 "picks them).")

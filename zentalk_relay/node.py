@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 from pathlib import Path
 from typing import Callable
 
 from twisted.application.service import MultiService, Service
+from twisted.internet.defer import DeferredList, maybeDeferred, succeed
 
 from . import __version__, systemd
 from .bootstrap import Bootstrap
@@ -42,7 +44,8 @@ class StartupError(SystemExit):
 
 
 class Node(MultiService):
-    def __init__(self, reactor, config: Config, identity: Identity, metrics: NodeMetrics) -> None:
+    def __init__(self, reactor, config: Config, identity: Identity, metrics: NodeMetrics,
+                 reload_config: Callable[[], Config] | None = None) -> None:
         super().__init__()
         self.setName("zentalk-relay")
         self.reactor = reactor
@@ -53,6 +56,8 @@ class Node(MultiService):
         self._watchdog = None
         #: The onion key to publish: the relay's current one once delivery is built.
         self.onion_public: Callable[[], bytes] = lambda: identity.onion_public
+        #: Reads the configuration again (the same file and options) for SIGHUP; None: no reload.
+        self._reload_config = reload_config
 
     @property
     def endpoints_file(self) -> Path:
@@ -108,6 +113,8 @@ class Node(MultiService):
     def _ready(self) -> None:
         if not self.running:
             return
+        if self._reload_config is not None:
+            signal.signal(signal.SIGHUP, lambda signum, frame: self.reactor.callFromThread(self.reload))
         self._write_endpoints()
         systemd.notify(f"READY=1\nSTATUS=serving {', '.join(s.name for s in self)}\nMAINPID={os.getpid()}")
         self._watchdog = systemd.start_watchdog(self.reactor)
@@ -115,15 +122,104 @@ class Node(MultiService):
                  version=__version__)
 
     def stopService(self):
-        systemd.notify("STOPPING=1")
+        """Drain, then stop: links first (while TURN still answers), then everything else.
+
+        New links are refused and every link is told why (CLOSE); TURN sends
+        new allocations to ``turn.alternate_server`` (300) or refuses them;
+        then the services stop in reverse order, which commits the mailbox
+        and saves the DHT table and the peer book. The whole is bounded by
+        ``node.drain_timeout``: after it the node exits with what it has.
+        """
+        systemd.notify("STOPPING=1\nSTATUS=draining")
         if self._watchdog is not None and self._watchdog.running:
             self._watchdog.stop()
         try:
             self.endpoints_file.unlink()
         except FileNotFoundError:
             pass
-        log.info("node stopping")
-        return super().stopService()
+        Service.stopService(self)
+        started = self.reactor.seconds()
+        log.info("node stopping: draining for at most {timeout:g} s", timeout=self.config.node.drain_timeout)
+        stun = self.namedServices.get("stun")
+        if stun is not None and getattr(stun, "turn", None) is not None:
+            stun.turn.draining = True
+        link = self.namedServices.get("link")
+        first = maybeDeferred(link.stopService) if link is not None and link.running else succeed(None)
+
+        def the_rest(_):
+            rest = [service for service in reversed(list(self)) if service is not link and service.running]
+            return DeferredList([maybeDeferred(service.stopService) for service in rest], consumeErrors=True)
+
+        def timed_out(result, timeout):
+            log.warn("drain did not finish within {timeout:g} s; stopping anyway", timeout=timeout)
+
+        done = first.addBoth(the_rest)
+        done.addTimeout(self.config.node.drain_timeout, self.reactor, onTimeoutCancel=timed_out)
+        done.addBoth(lambda _: log.info("node stopped after {seconds:.2f} s",
+                                        seconds=self.reactor.seconds() - started))
+        return done
+
+    # -- SIGHUP --------------------------------------------------------------
+
+    def reload(self) -> list[str]:
+        """Read the configuration again and apply what can change while running; the keys applied."""
+        from .config import ConfigError
+        from .reload import RELOADABLE, changed_keys, merge
+
+        try:
+            new = self._reload_config()
+        except (ConfigError, SystemExit, OSError) as error:
+            log.error("reload refused, nothing changed: {error}", error=str(error))
+            return []
+        changed = changed_keys(self.config, new)
+        applied = [key for key in changed if key in RELOADABLE]
+        restart = [key for key in changed if key not in RELOADABLE]
+        old, self.config = self.config, merge(self.config, new)
+        for key in applied:
+            section, _, name = key.partition(".")
+            log.info("reload: {key} {old!r} -> {new!r}", key=key, old=getattr(getattr(old, section), name),
+                     new=getattr(getattr(self.config, section), name))
+        self._apply(self.config)
+        if restart:
+            log.warn("reload: changed but needs a restart: {keys}", keys=", ".join(restart))
+        if not changed:
+            log.info("reload: no setting changed; TLS certificates and TURN credentials read again")
+        return applied
+
+    def _apply(self, config: Config) -> None:
+        from .logs import set_level
+
+        set_level(config.node.log_level)
+        self.metrics.blur.interval = config.metrics.blur_interval
+        link = self.namedServices.get("link")
+        if link is not None:
+            self._reloaded("link TLS certificate", lambda: link.reconfigure(config.link))
+            link.hub.router.mesh.reconfigure(config.mesh)
+        stun = self.namedServices.get("stun")
+        if stun is not None:
+            if stun.tls is not None:
+                self._reloaded("STUN/TURN TLS certificate",
+                               lambda: stun.tls.reload(config.stun.tls_certificate, config.stun.tls_private_key))
+            if stun.turn is not None:
+                from .config import parse_host_port
+                from .nat.service import load_credentials
+
+                def credentials() -> None:
+                    stun.turn.credentials = load_credentials(config.turn)
+
+                self._reloaded("TURN credentials", credentials)
+                alternate = config.turn.alternate_server
+                stun.turn.alternate = parse_host_port(alternate) if alternate else None
+        dht = self.namedServices.get("dht")
+        if dht is not None:
+            dht.reconfigure(config.dht)
+
+    @staticmethod
+    def _reloaded(what: str, load: Callable[[], None]) -> None:
+        try:
+            load()
+        except Exception as error:  # a bad file: keep serving with the old one
+            log.error("reload: {what} not reloaded, the old one stays: {error}", what=what, error=str(error))
 
     def _write_endpoints(self) -> None:
         tmp = self.endpoints_file.with_suffix(".tmp")
@@ -131,14 +227,18 @@ class Node(MultiService):
         tmp.replace(self.endpoints_file)
 
 
-def build_node(reactor, config: Config, identity: Identity | None = None) -> Node:
-    """Assemble the node. Loads (or creates) the identity unless one is given."""
+def build_node(reactor, config: Config, identity: Identity | None = None,
+               reload_config: Callable[[], Config] | None = None) -> Node:
+    """Assemble the node. Loads (or creates) the identity unless one is given.
+
+    ``reload_config`` reads the configuration again for SIGHUP (twistd passes it).
+    """
     if identity is None:
         identity, created = load_identity(config.node.data_dir)
         for kind in created:
             log.info("created a new {kind} key in {directory}", kind=kind, directory=str(config.node.data_dir))
     metrics = NodeMetrics(config.metrics.blur_interval)
-    node = Node(reactor, config, identity, metrics)
+    node = Node(reactor, config, identity, metrics, reload_config)
     if config.stun.enabled:
         _stun(reactor, config, metrics).setServiceParent(node)
     if config.link.enabled:

@@ -77,6 +77,7 @@ def makeService(options: Options):
 
     set_level(options.config.node.log_level)
     try:
-        return build_node(reactor, options.config)
+        return build_node(reactor, options.config, reload_config=lambda: load(
+            Path(options["config"]) if options["config"] else None, options.overrides()))
     except (IdentityError, OSError) as error:
         raise SystemExit(f"zentalk-relay: {error}") from None

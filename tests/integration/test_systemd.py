@@ -42,5 +42,5 @@ def test_node_notifies_ready_and_feeds_the_watchdog(start_node, tmp_path):
         node.process.terminate()
         while (message := sock.recv(1000).decode()) == "WATCHDOG=1":
             pass
-        assert message == "STOPPING=1"
+        assert message == "STOPPING=1\nSTATUS=draining"
         node.finish()

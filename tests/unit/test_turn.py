@@ -730,3 +730,25 @@ def test_to_client_actions_name_the_client(server):
     client = TurnClient(server)
     (action,) = client.send(client.build(Method.ALLOCATE, auth=False))
     assert isinstance(action, ToClient) and action.client == CLIENT
+
+
+# -- draining -------------------------------------------------------------------
+
+
+def test_a_draining_server_sends_new_allocations_to_the_alternate_with_integrity(server):
+    server.draining = True
+    server.alternate = ("192.0.2.99", 3478)
+    client = TurnClient(server)
+    reply = client.allocate()
+    assert (reply.cls, _code(reply)) == (MessageClass.ERROR, 300)
+    assert stun.decode_address(reply.get(Attr.ALTERNATE_SERVER)) == ("192.0.2.99", 3478)
+    assert stun.check_integrity(reply, client.key)
+    assert server.stats.requests["allocate", "try_alternate"] == 1
+
+
+def test_a_draining_server_without_an_alternate_refuses_new_allocations_but_keeps_old_ones(alice, server):
+    server.draining = True
+    bob = TurnClient(server, client=("udp", CLIENT[1], ("192.0.2.8", 5000)))
+    assert _code(bob.allocate()) == 508
+    refresh = replies(alice.send(alice.build(Method.REFRESH, [(Attr.LIFETIME, struct.pack("!I", 600))])))
+    assert stun.decode(refresh[0]).cls is MessageClass.SUCCESS

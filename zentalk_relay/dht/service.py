@@ -234,6 +234,15 @@ class DhtService(Service):
         loop.start(interval, now=False).addErrback(lambda failure: log.failure("DHT timer failed", failure))
         self._loops.append(loop)
 
+    def reconfigure(self, config: node_config.DhtConfig) -> None:
+        """New per-IP query limits (SIGHUP) for sources seen from now on."""
+        from dataclasses import replace
+
+        self.config = config
+        for protocol in self.protocols:
+            protocol.node.config = replace(protocol.node.config,
+                                           rate=Rate(config.queries_per_second, 1.0, config.query_burst))
+
     def bootstrapped(self) -> Deferred:
         """Fires once the first bootstrap lookup ended (at once for a bootstrap node)."""
         waiting: Deferred = Deferred()

@@ -296,6 +296,15 @@ class LinkService(Service):
     def endpoints(self) -> list[str]:
         return [describe_port(kind, port) for kind, port in self._ports]
 
+    def reconfigure(self, config: LinkConfig) -> None:
+        """New limits for what comes next (SIGHUP); the TLS files read again. Raises if they do not load."""
+        self._config = config
+        self.hub.config = config
+        settings = self.hub.settings
+        self.hub.settings = settings_from(config, settings.capabilities, settings.features)
+        if self.tls is not None:
+            self.tls.reload(config.tls_certificate, config.tls_private_key)
+
     def bootstrap_addresses(self) -> tuple[tuple[str, int], ...]:
         from ..config import parse_host_port
 

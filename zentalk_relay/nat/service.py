@@ -90,8 +90,19 @@ def build_turn(stun: StunConfig, turn: TurnConfig, stats: TurnStats) -> TurnServ
     policy = PeerPolicy(allowed=turn.allowed_peer_ranges, denied=turn.denied_peer_ranges, own_addresses=own,
                         own_ports=[parse_host_port(address)[1] for address in stun.udp],
                         own_port_range=(turn.port_min, turn.port_max))
-    return TurnServer(settings, Credentials(turn.realm, users, secrets), NonceIssuer(os.urandom(32), turn.nonce_lifetime),
-                      policy, random.SystemRandom(), stats)
+    server = TurnServer(settings, Credentials(turn.realm, users, secrets),
+                        NonceIssuer(os.urandom(32), turn.nonce_lifetime), policy, random.SystemRandom(), stats)
+    server.alternate = parse_host_port(turn.alternate_server) if turn.alternate_server else None
+    return server
+
+
+def load_credentials(turn: TurnConfig) -> Credentials:
+    """The credential files read again (SIGHUP); raises CredentialsError or NatConfigError."""
+    users = load_users(turn.users_file) if turn.users_file else {}
+    secrets = load_secrets(turn.secret_file) if turn.secret_file else ()
+    if not users and not secrets:
+        raise NatConfigError("turn.users_file and turn.secret_file name no credentials")
+    return Credentials(turn.realm, users, secrets)
 
 
 def _tls_context(config: StunConfig) -> ReloadableTLS:

@@ -84,6 +84,7 @@ FAMILY_IPV6 = 6
 _WIRE_FAMILY = {stun.FAMILY_IPV4: FAMILY_IPV4, stun.FAMILY_IPV6: FAMILY_IPV6}
 
 ERRORS = {
+    300: ("try_alternate", "Try Alternate"),
     400: ("bad_request", "Bad Request"),
     401: ("unauthenticated", "Unauthenticated"),
     403: ("forbidden", "Forbidden"),
@@ -368,6 +369,10 @@ class TurnServer:
     ) -> None:
         self.settings = settings
         self.credentials = credentials
+        #: Set when the node drains before it stops: new allocations are sent to
+        #: ``alternate`` (300 Try Alternate) if one is configured, else refused (508).
+        self.draining = False
+        self.alternate: tuple[str, int] | None = None
         self.nonces = nonces
         self.policy = policy
         self.stats = stats if stats is not None else TurnStats()
@@ -797,6 +802,12 @@ class TurnServer:
                 # A retransmission of the request that made it: the same answer (RFC 8656 section 7.2).
                 return [ToClient(client, existing.allocate_response)]
             return self._error(client, message, 437, key, sha256)
+        if self.draining:
+            if self.alternate is None:
+                return closing + self._error(client, message, 508, key, sha256)
+            # Authenticated, so the redirect carries MESSAGE-INTEGRITY (RFC 8489 section 14.15).
+            alternate = ((Attr.ALTERNATE_SERVER, stun.encode_address(*self.alternate)),)
+            return closing + self._error(client, message, 300, key, sha256, alternate)
         transport = message.get(Attr.REQUESTED_TRANSPORT)
         if transport is None or len(transport) != 4:
             return closing + self._error(client, message, 400, key, sha256)

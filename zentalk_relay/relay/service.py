@@ -328,6 +328,10 @@ class Mesh(MultiService):
     def forget(self, adapter: LinkAdapter) -> None:
         self._dialled.pop(adapter, None)
 
+    def reconfigure(self, config: MeshConfig) -> None:
+        """A new pool size and idle timeout (SIGHUP); links already open stay."""
+        self._config = config
+
     def keep(self, node_id: bytes) -> None:
         """Mark a relay link as wanted (PEX keeps its target links this way)."""
         self._last_used[node_id] = self._reactor.seconds()
