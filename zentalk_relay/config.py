@@ -480,11 +480,56 @@ class MetricsConfig:
     enabled: bool = setting(True, doc="Serve /metrics, /healthz and /status over HTTP.")
     listen: str = setting("tcp:9464:interface=127.0.0.1", check=_check_stream_endpoint,
                           doc="Twisted endpoint string for the HTTP listener. Keep it on loopback or behind a firewall.")
+    allow: tuple[str, ...] = setting(
+        ("127.0.0.0/8", "::1/128"), check=_check_networks,
+        doc="Networks that may connect to the metrics listener; others are disconnected at once. Add your "
+            "Prometheus server when `metrics.listen` is not on loopback; empty: anyone.")
     blur_interval: float = setting(
         60.0, check=_check_positive_or_zero,
         doc="Usage statistics (link frames and bytes, onion packets, mailbox, TURN relayed traffic) are rounded "
             "down to 16 events or 64 KiB and refreshed once per this many seconds, so that a scrape cannot show "
             "one user's message; 0: exact and live (tests, benchmarks).")
+
+
+def _check_client_endpoint(value: str) -> None:
+    """A Twisted client endpoint string (``tcp:host:port``, ``unix:/path``), parsed without connecting."""
+    if not value:
+        return
+    from twisted.internet.endpoints import clientFromString
+
+    try:
+        clientFromString(None, value)
+    except Exception as error:  # Twisted raises several types for a bad string
+        raise ValueError(f"{value!r} is not a client endpoint string like tcp:127.0.0.1:9051 or "
+                         f"unix:/run/tor/control ({error})") from None
+
+
+def _check_port_number(value: int) -> None:
+    if not 1 <= value <= 65535:
+        raise ValueError(f"{value} is not 1-65535")
+
+
+@dataclass(frozen=True, slots=True)
+class TorConfig:
+    enabled: bool = setting(False, doc="Publish the first TCP link listener as a Tor v3 onion service (`--tor`); "
+                                       "its address goes into /status, `zentalk-relay info` and the DHT record, "
+                                       "and links to onion-only relays go through this tor.")
+    control: str = setting("", check=_check_client_endpoint,
+                           doc="Control port of a running tor, an endpoint string such as `tcp:127.0.0.1:9051` or "
+                               "`unix:/run/tor/control` (cookie authentication, or `tor.control_password_file`). "
+                               "Empty: the node launches `tor.binary` itself, with its data in `<data_dir>/tor`.")
+    control_password_file: str = setting("", doc="File holding the control port password (tor's "
+                                                 "HashedControlPassword), mode 0600. Empty: cookie authentication.")
+    binary: str = setting("tor", doc="The tor program the node launches when `tor.control` is empty: a name on "
+                                     "PATH or a path.")
+    port: int = setting(7400, check=_check_port_number,
+                        doc="Virtual port of the onion service: relays reach this node at `<address>.onion:<port>`.")
+    timeout: float = setting(60.0, check=_check_positive,
+                             doc="Seconds tor gets (launch or connect, authenticate, ADD_ONION) before start-up "
+                                 "fails; below systemd's default TimeoutStartSec of 90 s.")
+    disable_network: bool = setting(False, doc="For tests only: the launched tor gets `DisableNetwork 1`, so it "
+                                               "creates the onion service but never connects to the Tor network "
+                                               "and nobody can reach the service.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -499,6 +544,7 @@ class Config:
     pex: PexConfig = field(default_factory=PexConfig)
     dht: DhtConfig = field(default_factory=DhtConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    tor: TorConfig = field(default_factory=TorConfig)
 
 
 # -- loading ----------------------------------------------------------------
@@ -631,6 +677,11 @@ def load(path: Path | None = None, overrides: list[tuple[str, str, Any]] = ()) -
 
 def _check_together(config: Config, origin: str) -> None:
     """Checks that involve more than one setting."""
+    tor = config.tor
+    if tor.enabled and not (config.link.enabled and config.link.tcp):
+        raise ConfigError(origin, "tor.enabled", "needs a TCP link listener to publish (link.enabled, link.tcp)")
+    if tor.disable_network and tor.control:
+        raise ConfigError(origin, "tor.disable_network", "applies only to a tor the node launches; tor.control is set")
     turn = config.turn
     if turn.port_min > turn.port_max:
         raise ConfigError(origin, "turn.port_min", f"{turn.port_min} is above turn.port_max {turn.port_max}")

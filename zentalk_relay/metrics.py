@@ -357,6 +357,14 @@ class NodeMetrics:
 
         return observe
 
+    def watch_monitoring(self, refused: Callable[[], int]) -> None:
+        class _Monitoring(Collector):
+            def collect(self) -> Iterable:
+                yield CounterMetricFamily("zentalk_metrics_refused_connections", "Connections to the metrics "
+                                          "listener from outside metrics.allow, closed at once.", value=refused())
+
+        self.registry.register(_Monitoring())
+
     def watch_services(self, states: Callable[[], dict[str, bool]]) -> None:
         self.registry.register(_ServicesCollector(states))
 

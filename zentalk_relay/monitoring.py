@@ -7,6 +7,7 @@ scraper's address is nobody's business at info level.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from typing import Callable
 
@@ -45,7 +46,25 @@ class _Root(Resource):
 
 
 class _QuietSite(Site):
+    """No access log, and connections only from the allowed networks (closed before a byte is read)."""
+
     noisy = False
+
+    def __init__(self, resource, allow: tuple = ()) -> None:
+        super().__init__(resource)
+        self._allow = [ipaddress.ip_network(network, strict=False) for network in allow]
+        self.refused = 0
+
+    def buildProtocol(self, addr):
+        host = getattr(addr, "host", None)
+        if host is not None and self._allow:
+            ip = ipaddress.ip_address(host.split("%")[0])
+            if ip.version == 6 and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
+            if not any(ip in network for network in self._allow):
+                self.refused += 1
+                return None
+        return super().buildProtocol(addr)
 
     def log(self, request) -> None:
         """No access log: it would record every scraper's address."""
@@ -55,7 +74,7 @@ class MonitorService(Service):
     """Serves the monitoring resources on one stream endpoint."""
 
     def __init__(self, reactor, listen: str, metrics: NodeMetrics, status: Callable[[], dict],
-                 healthy: Callable[[], tuple[bool, list[str]]]) -> None:
+                 healthy: Callable[[], tuple[bool, list[str]]], allow: tuple = ()) -> None:
         self._reactor = reactor
         self._listen = listen
         self._status = status
@@ -65,7 +84,8 @@ class MonitorService(Service):
         root.putChild(b"metrics", _Leaf(lambda: (200, CONTENT_TYPE, metrics.exposition())))
         root.putChild(b"healthz", _Leaf(self._health))
         root.putChild(b"status", _Leaf(self._status_json))
-        self._site = _QuietSite(root)
+        self._site = _QuietSite(root, allow)
+        metrics.watch_monitoring(lambda: self._site.refused)
 
     @property
     def endpoints(self) -> list[str]:

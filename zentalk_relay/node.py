@@ -54,6 +54,8 @@ class Node(MultiService):
         self.metrics = metrics
         self._started_at: float | None = None
         self._watchdog = None
+        #: Why start-up failed after the reactor ran (tor); twistd's exit status follows it (tap.py).
+        self.startup_failure: str | None = None
         #: The onion key to publish: the relay's current one once delivery is built.
         self.onion_public: Callable[[], bytes] = lambda: identity.onion_public
         #: Reads the configuration again (the same file and options) for SIGHUP; None: no reload.
@@ -92,6 +94,7 @@ class Node(MultiService):
                 for service in self
             },
             **({"dht": self.getServiceNamed("dht").status()} if "dht" in self.namedServices else {}),
+            **({"tor": self.getServiceNamed("tor").status()} if "tor" in self.namedServices else {}),
         }
 
     def privilegedStartService(self) -> None:
@@ -113,6 +116,11 @@ class Node(MultiService):
     def _ready(self) -> None:
         if not self.running:
             return
+        tor = self.namedServices.get("tor")
+        if tor is not None and not tor.published:
+            # READY only with the onion service up; tor bounds the wait by tor.timeout
+            tor.when_published().addCallbacks(lambda _: self._ready(), self._failed_after_start)
+            return
         if self._reload_config is not None:
             signal.signal(signal.SIGHUP, lambda signum, frame: self.reactor.callFromThread(self.reload))
         self._write_endpoints()
@@ -120,6 +128,17 @@ class Node(MultiService):
         self._watchdog = systemd.start_watchdog(self.reactor)
         log.info("node {node_id} running, version {version}", node_id=self.identity.node_id.hex()[:16],
                  version=__version__)
+
+    def _failed_after_start(self, failure) -> None:
+        """Start-up failed once the reactor ran: one line, then stop; twistd then exits with status 1."""
+        from twisted.internet.error import ReactorNotRunning
+
+        self.startup_failure = str(failure.value)
+        log.critical("cannot start: {error}", error=self.startup_failure)
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:
+            pass
 
     def stopService(self):
         """Drain, then stop: links first (while TURN still answers), then everything else.
@@ -251,12 +270,15 @@ def build_node(reactor, config: Config, identity: Identity | None = None,
         if config.pex.enabled:
             _pex(reactor, config, identity, metrics, link).setServiceParent(node)
         link.setServiceParent(node)
+        if config.tor.enabled:
+            _tor(reactor, config, link).setServiceParent(node)
     if config.dht.enabled:
         _dht(reactor, config, identity, metrics, node).setServiceParent(node)
         if config.link.enabled and config.onion.cover_rate > 0:
             _cover(reactor, config, identity, node).setServiceParent(node.getServiceNamed("relay"))
     if config.metrics.enabled:
-        monitor = MonitorService(reactor, config.metrics.listen, metrics, node.status, node.healthy)
+        monitor = MonitorService(reactor, config.metrics.listen, metrics, node.status, node.healthy,
+                                 config.metrics.allow)
         monitor.setName("metrics")
         monitor.setServiceParent(node)
     metrics.watch_services(node.service_states)
@@ -318,6 +340,19 @@ def _relay(reactor, config: Config, identity: Identity, metrics: NodeMetrics, hu
     return relay
 
 
+def _tor(reactor, config: Config, link: LinkService) -> Service:
+    """The TCP link listener as a Tor onion service; the mesh dials onion-only relays through it."""
+    from .tor import TorError, build_tor_service, link_target
+
+    try:
+        service = build_tor_service(reactor, config.tor, config.node.data_dir, lambda: link_target(link.endpoints))
+    except TorError as error:
+        raise StartupError(f"zentalk-relay: tor: {error}") from None
+    service.setName("tor")
+    link.hub.router.mesh.onion_endpoint = service.client_endpoint
+    return service
+
+
 def _cover(reactor, config: Config, identity: Identity, node: Node) -> Service:
     """Cover loops through relays known from their DHT records."""
     from .relay.cover import PoissonSchedule
@@ -355,17 +390,25 @@ def _dht(reactor, config: Config, identity: Identity, metrics: NodeMetrics, node
         if not addresses and external_ip:
             ports = [int(e.rpartition(":")[2]) for e in link.endpoints if e.startswith("tcp:")]
             addresses = tuple((external_ip, port) for port in ports[:1])
-        if not addresses:
+        tor = node.namedServices.get("tor")
+        onion_service = tor.onion_service if tor is not None and tor.published else ""
+        if not addresses and not onion_service:
             return None
         load = min(100, round(100 * len(hub.adapters) / max(1, config.link.max_links)))
         return RelayRecord(identity.ed25519_public, identity.link_public, node.onion_public(), addresses,
-                           capabilities, __version__, load - load % 10)
+                           capabilities, __version__, load - load % 10, onion_service=onion_service)
 
     mesh = hub.router.mesh
     pex = node.namedServices.get("pex")
 
     def on_relay(found: RelayRecord) -> None:
-        if not found.addresses or found.node_id == identity.node_id:
+        if found.node_id == identity.node_id:
+            return
+        if not found.addresses:
+            # an onion-only relay: reachable through our tor, if we run one
+            host, _, port = found.onion_service.rpartition(":")
+            if "tor" in node.namedServices and host.endswith(".onion") and port.isdigit():
+                mesh.directory[found.node_id] = Dialable(found.link_key, host, int(port))
             return
         host, port = found.addresses[0]
         mesh.directory[found.node_id] = Dialable(found.link_key, host, port)

@@ -174,3 +174,32 @@ def test_port_in_use_stops_start_with_the_endpoint_named(tmp_path):
     finally:
         taken.close()
     assert str(caught.value) == f"zentalk-relay: cannot listen on udp 127.0.0.1:{port}: Address already in use"
+
+
+def test_the_metrics_listener_serves_only_the_allowed_networks():
+    from twisted.internet.address import IPv6Address
+    from twisted.web.resource import Resource
+
+    from zentalk_relay.monitoring import _QuietSite
+
+    site = _QuietSite(Resource(), ("127.0.0.0/8", "::1/128", "10.1.0.0/16"))
+    assert site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000)) is not None
+    assert site.buildProtocol(IPv4Address("TCP", "10.1.2.3", 40000)) is not None
+    assert site.buildProtocol(IPv6Address("TCP", "::ffff:10.1.2.3", 40000)) is not None
+    assert site.buildProtocol(IPv4Address("TCP", "192.0.2.1", 40000)) is None
+    assert site.buildProtocol(IPv6Address("TCP", "2001:db8::1", 40000)) is None
+    assert site.refused == 2
+    assert _QuietSite(Resource(), ()).buildProtocol(IPv4Address("TCP", "192.0.2.1", 40000)) is not None
+
+
+def test_no_metric_label_is_an_address_or_a_peer_id(running):
+    reactor, _ = running
+    _, _, body = _http_get(reactor, "/metrics")
+    import re
+
+    labels = re.findall(r'(\w+)="([^"]*)"', body.decode())
+    names = {name for name, _ in labels}
+    assert not names & {"ip", "address", "peer", "peer_id", "node_id", "client", "host", "port"}
+    for _, value in labels:
+        assert not re.fullmatch(r"[0-9a-f]{16,}", value), value
+        assert not re.fullmatch(r"\d+\.\d+\.\d+\.\d+(:\d+)?", value), value
