@@ -61,6 +61,11 @@ def _info(args: argparse.Namespace) -> int:
         "endpoints": endpoints,
         "version": __version__,
     }
+    from .tor import stored_onion_address
+
+    onion = stored_onion_address(config.node.data_dir)  # derived from keys/tor_onion.key, offline
+    if onion is not None:
+        info["onion_service"] = f"{onion}:{config.tor.port}"
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -271,6 +276,16 @@ async def _dht_operation(args, dht, item, find_relays, immutable_target) -> dict
          "load": r.load, "version": r.version} for r in records]}
 
 
+def _testnet(args: argparse.Namespace) -> int:
+    from .testnet import run
+
+    try:
+        return run(args.nodes, args.base_port, Path(args.dir), args.duration)
+    except (ValueError, RuntimeError) as error:
+        print(f"zentalk-relay: testnet: {error}", file=sys.stderr)
+        return 1
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="zentalk-relay", description="Operate a Zentalk relay node.")
     top.add_argument("--version", action="version", version=f"zentalk-relay {__version__}")
@@ -304,6 +319,15 @@ def parser() -> argparse.ArgumentParser:
                        help="first retransmission timeout in seconds; each test gives up after 15x this (default 0.2)")
     probe.add_argument("--json", action="store_true", help="machine-readable output")
     probe.set_defaults(run=_probe)
+
+    testnet = commands.add_parser("testnet", help="N nodes on loopback that find each other, until Ctrl-C")
+    testnet.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")
+    testnet.add_argument("--dir", default="zentalk-testnet", help="where configurations, state and logs go "
+                                                                  "(default ./zentalk-testnet)")
+    testnet.add_argument("--base-port", type=int, default=17400,
+                         help="node i uses ports BASE+10i ... BASE+10i+4 on 127.0.0.1 (default 17400)")
+    testnet.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    testnet.set_defaults(run=_testnet)
 
     dht = commands.add_parser("dht", help="DHT operations from a short-lived node: lookup, peers, announce, get, "
                                           "put, relays")
