@@ -376,3 +376,22 @@ def test_trimmed_find_node_keeps_the_nearest_nodes():
     assert len(data) <= 3 * len(query) and answer.client is None and answer.your_ip == SOURCE
     assert 0 < len(answer.nodes) < 8
     assert answer.nodes == tuple(node.table.closest(target, 8, 1.0))[: len(answer.nodes)]
+
+
+def test_a_lookup_counts_what_the_node_itself_stores():
+    """A node may be among the nearest to a target: its own store answers its own lookups."""
+    from nacl.signing import SigningKey
+
+    from zentalk_relay.dht.items import Item
+
+    node = _node()
+    info_hash = b"i" * 20
+    node.peers.announce(info_hash, ("192.0.2.9", 4000), 0.0)
+    item = Item.signed(SigningKey.generate(), b"5:hello", 3, b"salt")
+    node.items.put(item, 0.0)
+    _, out = node.get_peers(info_hash, 1.0)  # an empty table: the lookup ends at once
+    (done,) = [e for e in node.take_events() if isinstance(e, OperationDone)]
+    assert done.result.peers == (("192.0.2.9", 4000),) and out == []
+    node.get(item.target, 1.0, salt=b"salt")
+    (done,) = [e for e in node.take_events() if isinstance(e, OperationDone)]
+    assert done.result.item == item

@@ -74,9 +74,17 @@ def test_quotas(tmp_path):
 
 
 def test_expiry(tmp_path):
-    store = MailboxStore(tmp_path / "t.db", Limits(ttl=60.0))
-    store.put_many([(BOB, _id(1), b"old")], 0.0)
-    store.put_many([(BOB, _id(2), b"new")], 30.0)
-    assert [m.body for m in store.fetch(BOB, 0, 10, 61.0).messages] == [b"new"]  # expired ones are not served
-    assert store.purge(61.0) == 1
+    store = MailboxStore(tmp_path / "t.db", Limits(ttl=600.0))
+    store.put_many([(BOB, _id(1), b"old")], 10.0)
+    store.put_many([(BOB, _id(2), b"new")], 70.0)
+    # times are kept to the minute: the first expires at 600, the second at 660
+    assert [m.body for m in store.fetch(BOB, 0, 10, 601.0).messages] == [b"new"]  # expired ones are not served
+    assert store.purge(601.0) == 1
     assert store.depth == 1 and store.stats.expired == 1
+
+
+def test_times_are_kept_to_the_minute(tmp_path):
+    store = MailboxStore(tmp_path / "m.db", Limits())
+    store.put_many([(BOB, _id(1), b"x")], 1767225642.75)
+    (message,) = store.fetch(BOB, 0, 10, 1767225643.0).messages
+    assert message.stored_at == 1767225600.0

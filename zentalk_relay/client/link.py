@@ -301,8 +301,12 @@ async def connect(
     role: Role = Role.CLIENT,
     settings: LinkSettings | None = None,
     resume: Authenticated | None = None,
+    bind: tuple[str, int] | None = None,
 ) -> ClientLink:
-    """Open and authenticate a link; raises :class:`LinkClosed` if the relay refuses."""
+    """Open and authenticate a link; raises :class:`LinkClosed` if the relay refuses.
+
+    ``bind`` is the local (address, port) for TCP and TLS; None lets the system choose.
+    """
     settings = settings or LinkSettings()
     host, port = address or (bootstrap.addresses[0] if bootstrap.addresses else (None, None))
     if host is None:
@@ -326,7 +330,7 @@ async def connect(
         await endpoint.connect(_Factory())
     else:
         tcp_class = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
-        endpoint = tcp_class(reactor, host, port, timeout=CONNECT_TIMEOUT)
+        endpoint = tcp_class(reactor, host, port, timeout=CONNECT_TIMEOUT, bindAddress=bind)
         if transport == "tls":
             from twisted.internet.ssl import CertificateOptions, TLSVersion
 

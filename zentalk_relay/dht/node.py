@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from ..ratelimit import Rate, TokenBucket
-from . import storage
+from . import lookup, storage
 from .bep42 import Bep42Policy
 from .items import Item
 from .krpc import (
@@ -534,7 +534,7 @@ class DhtNode:
         return self._send(query, request.address, op, _LOOKUP, now)
 
     def _lookup_done(self, op: _Operation, now: float, out: list[Datagram]) -> None:
-        result = op.result = op.lookup.result()
+        result = op.result = self._with_local(op.lookup.result(), now)
         found = result.nodes if result.kind is LookupKind.FIND_NODE else (result.peers or result.item)
         self.stats.lookups[result.kind.value, "found" if found else "empty"] += 1
         if op.kind == "announce":
@@ -557,6 +557,24 @@ class DhtNode:
                 op.pending += 1
         if not op.pending:
             self._finish(op)
+
+    def _with_local(self, result: LookupResult, now: float) -> LookupResult:
+        """What we store ourselves counts too: we may be one of the nodes nearest the target.
+
+        A lookup asks others only; without this, a peer announced to us, or an
+        item put to us, would be found by everyone but us.
+        """
+        if result.kind is LookupKind.GET_PEERS:
+            local = self.peers.peers(result.target, now, lookup.MAX_PEERS, self._rng)
+            if local:
+                merged = tuple(dict.fromkeys((*result.peers, *local)))[: lookup.MAX_PEERS]
+                return replace(result, peers=merged)
+        elif result.kind is LookupKind.GET:
+            local = self.items.get(result.target, now)
+            found = result.item
+            if local is not None and (found is None or (local.seq or 0) > (found.seq or 0)):
+                return replace(result, item=local)
+        return result
 
     def _store_answered(self, op: _Operation, now: float) -> None:
         op.pending -= 1

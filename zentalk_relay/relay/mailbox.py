@@ -19,6 +19,13 @@ from pathlib import Path
 
 SCHEMA_VERSION = 1
 MAX_SYNC_LIMIT = 500
+#: Times kept in the mailbox are rounded down to this many seconds: when a
+#: message arrived matters to its reader to the minute, and to nobody else.
+TIME_GRANULARITY = 60.0
+
+
+def blurred(now: float) -> float:
+    return now - now % TIME_GRANULARITY
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -118,6 +125,7 @@ class MailboxStore:
         results: list[PutResult] = []
         limits = self.limits
         db = self._db
+        stored_at = blurred(now)
         db.execute("BEGIN IMMEDIATE")
         try:
             for recipient, message_id, body in items:
@@ -138,7 +146,7 @@ class MailboxStore:
                     continue
                 cursor = db.execute(
                     "INSERT OR IGNORE INTO messages (recipient, message_id, body, stored_at, expires_at) "
-                    "VALUES (?, ?, ?, ?, ?)", (recipient, message_id, body, now, now + limits.ttl))
+                    "VALUES (?, ?, ?, ?, ?)", (recipient, message_id, body, stored_at, stored_at + limits.ttl))
                 if cursor.rowcount == 0:
                     results.append(PutResult.DUPLICATE)
                     continue
@@ -193,7 +201,7 @@ class MailboxStore:
                 row = db.execute("SELECT LENGTH(body) FROM messages WHERE recipient = ? AND message_id = ?",
                                  (recipient, message_id)).fetchone()
                 db.execute("INSERT OR REPLACE INTO acknowledged VALUES (?, ?, ?)",
-                           (recipient, message_id, now + self.limits.ttl))
+                           (recipient, message_id, blurred(now) + self.limits.ttl))
                 if row is None:
                     continue
                 db.execute("DELETE FROM messages WHERE recipient = ? AND message_id = ?", (recipient, message_id))
