@@ -165,14 +165,34 @@ def _dh(private: bytes, public: bytes) -> bytes:
     return shared
 
 
+_IPAD = bytes(byte ^ 0x36 for byte in range(256))  # HMAC's pads, as translation tables
+_OPAD = bytes(byte ^ 0x5C for byte in range(256))
+_BLOCK = 64  # SHA-256's block size
+
+
+def _hmac_pads(key: bytes) -> tuple[bytes, bytes]:
+    """HMAC-SHA256's inner and outer key blocks for a key of at most one block (RFC 2104)."""
+    block = key + bytes(_BLOCK - len(key))
+    return block.translate(_IPAD), block.translate(_OPAD)
+
+
 def _hkdf(chaining_key: bytes, input_key_material: bytes, outputs: int) -> tuple[bytes, ...]:
-    """HKDF of section 4.3, with HMAC-SHA256."""
-    temp_key = hmac.digest(chaining_key, input_key_material, "sha256")
-    output1 = hmac.digest(temp_key, b"\x01", "sha256")
-    output2 = hmac.digest(temp_key, output1 + b"\x02", "sha256")
+    """HKDF of section 4.3, with HMAC-SHA256.
+
+    HMAC is written out over ``hashlib.sha256``: about twice as fast as
+    ``hmac.digest`` for these short inputs (OpenSSL 3 looks the MAC up on
+    every call), and the handshake makes three of these calls. The keys are
+    the chaining key and HMAC outputs, 32 bytes each.
+    """
+    sha256 = hashlib.sha256
+    inner, outer = _hmac_pads(chaining_key)
+    temp_key = sha256(outer + sha256(inner + input_key_material).digest()).digest()
+    inner, outer = _hmac_pads(temp_key)
+    output1 = sha256(outer + sha256(inner + b"\x01").digest()).digest()
+    output2 = sha256(outer + sha256(inner + output1 + b"\x02").digest()).digest()
     if outputs == 2:
         return output1, output2
-    return output1, output2, hmac.digest(temp_key, output2 + b"\x03", "sha256")
+    return output1, output2, sha256(outer + sha256(inner + output2 + b"\x03").digest()).digest()
 
 
 # -- CipherState ---------------------------------------------------------------

@@ -167,9 +167,18 @@ class LinkAdapter:
         else:
             batch.add(self)
 
-    def _input(self, handle: Callable[[], list[Event]]) -> None:
-        """Handle input with the writes it causes on every link batched to its end."""
-        batched(lambda: self._handle(handle()))
+    def _input(self, receive: Callable[[bytes, float], list[Event]], data: bytes) -> None:
+        """Handle input with the writes it causes on every link batched to its end (see :func:`batched`)."""
+        if LinkAdapter._batch is not None:
+            self._handle(receive(data, self.reactor.seconds()))
+            return
+        LinkAdapter._batch = batch = set()
+        try:
+            self._handle(receive(data, self.reactor.seconds()))
+        finally:
+            LinkAdapter._batch = None
+            for adapter in batch:
+                adapter.flush()
 
     def throttle(self, window: int, reason, retry_after_ms: int) -> None:
         """Tell the peer to use a smaller window and pause (FLOW_CONTROL)."""
@@ -285,8 +294,7 @@ class StreamLinkProtocol(LinkAdapter, Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self.conn is not None and not self._gone:
-            conn, now = self.conn, self.reactor.seconds()
-            self._input(lambda: conn.receive_data(data, now))
+            self._input(self.conn.receive_data, data)
 
     def connectionLost(self, reason: Failure) -> None:
         self._lost(reason)
@@ -323,8 +331,7 @@ class WebSocketLinkProtocol(LinkAdapter):
 
     def bytesMessageReceived(self, data: bytes) -> None:
         if self.conn is not None and not self._gone:
-            conn, now = self.conn, self.reactor.seconds()
-            self._input(lambda: conn.receive_record(bytes(data), now))
+            self._input(self.conn.receive_record, bytes(data))
 
     def textMessageReceived(self, message: str) -> None:
         if self.conn is not None:
