@@ -11,10 +11,13 @@ server CPU: the sender sends SEND frames addressed to the receiver's node id,
 the node delivers each as a DELIVER and answers the sender with a RECEIPT. At
 most ``--window`` messages are outstanding. Phases on the same links: the
 closed-loop peak, then open-loop sends at each ``--fractions`` of that peak.
-The reference, in the same run: bare_forwarder.py (Twisted, length prefix,
-no crypto) driven by the same driver in its no-crypto mode with the same
-window and size. Prints a table and the ratio ours / bare at peak (target
->= 0.5). See benchmarks/README.md.
+The references, in the same run: bare_forwarder.py (Twisted, length prefix,
+no crypto) in two styles, ``intn`` (Int32StringReceiver, one sendString per
+frame: the conventional forwarder issue #3 describes, its reference) and
+``tuned`` (one buffer, frames sliced out of it: the floor), each driven by
+the same driver in its no-crypto mode with the same window and size. Prints
+a table and the ratio ours / each reference at peak (target >= 0.5 of the
+issue's reference). See benchmarks/README.md.
 
 All traffic goes to 127.0.0.1; every phase, drain and wait is bounded; every
 process started is stopped.
@@ -37,12 +40,18 @@ import linkbench  # noqa: E402
 from linkbench import HERE, HOST, log  # noqa: E402
 
 TARGET_RATIO = 0.5
-LABELS = {"lean": "zentalk-relay", "conn": "zentalk-relay", "client": "zentalk-relay", "bare": "bare-forwarder"}
+LABELS = {"lean": "zentalk-relay", "conn": "zentalk-relay", "client": "zentalk-relay", "bare": "bare-tuned",
+          "intn": "bare-intn"}
+#: The reference issue #3 states its target against: a conventional Twisted length-prefixed forwarder.
+ISSUE_REFERENCE = "intn"
 DRIVER_NOTES = {
     "lean": "lean driver (LinkConnection handshake, records of 15 SENDs on the link's cipher states)",
     "conn": "LinkConnection.send/pull/receive_data for every message",
     "client": "the reference client (zentalk_relay.client.link) on Twisted",
-    "bare": "no-crypto driver, u32 length prefix",
+    "bare": "bare_forwarder.py --style tuned (one buffer, frames sliced out, one write each); no-crypto driver, "
+            "u32 length prefix",
+    "intn": "bare_forwarder.py --style intn (Int32StringReceiver, sendString per frame; the issue's reference); "
+            "no-crypto driver, u32 length prefix",
 }
 
 
@@ -84,11 +93,11 @@ def budget(args, phases) -> float:
     return len(phases) * (args.warmup + args.duration + 15) + 30
 
 
-def start_bare(tmp: Path, args):
+def start_bare(tmp: Path, args, style: str = "tuned"):
     logfile = tmp / "bare.log"
     out = open(logfile, "wb")
     proc = subprocess.Popen(["taskset", "-c", str(args.server_cpu), sys.executable, str(HERE / "bare_forwarder.py"),
-                             HOST, "0", "--prefix", "4"], stdin=subprocess.DEVNULL, stdout=out,
+                             HOST, "0", "--prefix", "4", "--style", style], stdin=subprocess.DEVNULL, stdout=out,
                             stderr=subprocess.STDOUT, cwd=tmp)
     out.close()
     deadline = time.monotonic() + 15
@@ -130,15 +139,15 @@ def bench_ours(mode: str, args, phases: list[str]) -> tuple[dict | None, str | N
             node.stop()
 
 
-def bench_bare(args, phases: list[str]) -> tuple[dict | None, str | None]:
+def bench_bare(args, phases: list[str], style: str = "tuned") -> tuple[dict | None, str | None]:
     with tempfile.TemporaryDirectory(prefix="linkfwd-bare-") as tmp:
         proc = None
         try:
-            proc, port = start_bare(Path(tmp), args)
-            log(f"[bare-forwarder] pid {proc.pid} on cpu {args.server_cpu}, port {port}")
+            proc, port = start_bare(Path(tmp), args, style)
+            log(f"[bare-forwarder --style {style}] pid {proc.pid} on cpu {args.server_cpu}, port {port}")
             return run_driver("bare", port, proc.pid, args, phases), None
         except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError) as error:
-            return None, f"bare-forwarder: {error}"
+            return None, f"bare-forwarder --style {style}: {error}"
         finally:
             if proc is not None:
                 linkbench.stop(proc)
@@ -338,7 +347,10 @@ def parse_args(argv):
                         "(default 60; 0: do not wait)")
     p.add_argument("--retries", type=int, default=2,
                    help="measure a server again when other processes took CPU during its run (default 2)")
-    p.add_argument("--skip-bare", action="store_true", help="do not run the reference")
+    p.add_argument("--references", default="intn,tuned",
+                   help="bare forwarders to measure, comma-separated: intn (Int32StringReceiver, the issue's "
+                        "reference), tuned (hand-tuned floor); default both")
+    p.add_argument("--skip-bare", action="store_true", help="do not run any reference")
     p.add_argument("--profile", choices=("none", "py-spy", "cprofile"), default="none",
                    help="after the measured runs, profile the node in one more peak run and print where the "
                         "time goes")
@@ -346,6 +358,9 @@ def parse_args(argv):
     a = p.parse_args(argv)
     a.fractions = [float(x) for x in a.fractions.split(",") if x.strip()]
     a.drivers = [x.strip() for x in a.drivers.split(",") if x.strip()]
+    a.references = [] if a.skip_bare else [x.strip() for x in a.references.split(",") if x.strip()]
+    if any(r not in ("intn", "tuned") for r in a.references):
+        p.error("--references takes intn, tuned")
     if any(d not in ("lean", "conn", "client") for d in a.drivers) or not a.drivers:
         p.error("--drivers takes lean, conn, client")
     if not 1 <= a.window <= 50_000 or not 8 <= a.size <= 60_000:
@@ -372,11 +387,13 @@ def main(argv=None) -> int:
             errors += [f"{mode}: {e}" for e in result.get("errors", [])]
         if error:
             errors.append(error)
-    if not args.skip_bare:
-        result, error = with_retries(lambda: bench_bare(args, phases), args, "bare")
+    for style in args.references:
+        mode = "bare" if style == "tuned" else "intn"
+        result, error = with_retries(lambda: bench_bare(args, phases, style), args, f"bare ({style})")
         if result is not None:
-            runs.append({"mode": "bare", "result": result})
-            errors += [f"bare: {e}" for e in result.get("errors", [])]
+            result["mode"] = mode
+            runs.append({"mode": mode, "result": result})
+            errors += [f"{mode}: {e}" for e in result.get("errors", [])]
         if error:
             errors.append(error)
 
@@ -386,8 +403,13 @@ def main(argv=None) -> int:
                 return run["result"]["phases"][0]["rate"]
         return None
 
-    ours, bare = peak(args.drivers[0]), peak("bare")
-    ratio = round(ours / bare, 3) if ours and bare else None
+    ours = peak(args.drivers[0])
+    ratios = {}
+    for mode in ("intn", "bare"):
+        ref = peak(mode)
+        if ours and ref:
+            ratios[mode] = (ref, round(ours / ref, 3))
+    ratio = ratios.get(ISSUE_REFERENCE, (None, None))[1]
     profile = profile_ours(args) if args.profile != "none" else None
 
     if args.json:
@@ -399,6 +421,8 @@ def main(argv=None) -> int:
             "env": linkbench.env_info(),
             "runs": runs,
             "ratio_peak": ratio,
+            "ratio_reference": LABELS[ISSUE_REFERENCE],
+            "ratios_peak": {LABELS[mode]: value[1] for mode, value in ratios.items()},
             "target_ratio": TARGET_RATIO,
             "profile": profile,
             "errors": errors,
@@ -410,7 +434,7 @@ def main(argv=None) -> int:
               f"link.window_initial {args.window_initial}; {args.duration:g} s measured after {args.warmup:g} s "
               f"warm-up per phase; server on CPU {args.server_cpu}, load driver on CPU {args.load_cpu}")
         print(format_table(runs, args))
-        for mode in args.drivers + ([] if args.skip_bare else ["bare"]):
+        for mode in args.drivers + [("bare" if r == "tuned" else "intn") for r in args.references]:
             note = DRIVER_NOTES[mode]
             if mode == "lean" and args.frames_per_record:
                 note = note.replace("records of 15 SENDs", f"records of {args.frames_per_record} SEND(s)")
@@ -423,10 +447,17 @@ def main(argv=None) -> int:
             print(f"  flags: ! other processes took > {linkbench.DISTURBED:g} of a core (numbers disturbed; rerun on a "
                   "quiet machine); "
                   "* load driver > 90 % busy at the peak; ~ open-loop sender fell behind its schedule")
-        if ratio is not None:
-            verdict = "meets" if ratio >= TARGET_RATIO else "BELOW"
-            print(f"\nratio at peak, zentalk-relay / bare-forwarder: {ours:,.0f} / {bare:,.0f} = {ratio:.3f} "
-                  f"({verdict} the target {TARGET_RATIO})")
+        if ratios:
+            print()
+        for mode in ("intn", "bare"):
+            if mode not in ratios:
+                continue
+            ref, value = ratios[mode]
+            verdict = "meets" if value >= TARGET_RATIO else "BELOW"
+            which = ("issue #3's reference: a conventional Twisted forwarder" if mode == ISSUE_REFERENCE
+                     else "the hand-tuned floor, for comparison")
+            print(f"ratio at peak, zentalk-relay / {LABELS[mode]}: {ours:,.0f} / {ref:,.0f} = {value:.3f} "
+                  f"({verdict} the target {TARGET_RATIO}; {which})")
         if profile is not None:
             print()
             print(format_profile(profile))

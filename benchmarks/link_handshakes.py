@@ -101,10 +101,11 @@ def responder_operations() -> dict[str, int]:
             finally:
                 counting[0] = False
 
-        # as LinkHub.build makes it
+        # as LinkHub.build makes it: the relay's static public key is cached (Identity.link_public)
         resp = responder(lambda: LinkConnection(
             initiator=False, role=Role.RELAY, signing_key=relay_key, carrier=Carrier.NOISE_STREAM,
-            settings=settings, now=now, static_private=link_private, replay_check=lambda e: True))
+            settings=settings, now=now, static_private=link_private, static_public=link_public,
+            replay_check=lambda e: True, batch_sends=True))
         responder(lambda: resp.connection_made(now))
         init.connection_made(now)
         done = set()
