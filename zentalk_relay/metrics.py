@@ -29,12 +29,22 @@ from prometheus_client.registry import Collector
 import twisted
 
 from . import __version__
-from .link.frames import FRAME_NAMES
+from .dht.routing import Outcome
+from .link.frames import FRAME_NAMES, ErrorCode
 from .link.session import LinkStats
 from .nat.binding import DROP_REASONS, BindingStats
 from .nat import turn as _turn
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Label values that exist from the first scrape, so that the first event shows in rate().
+_FAILURES = [code.label for code in ErrorCode if code is not ErrorCode.NORMAL]
+HANDSHAKE_RESULTS = ["success", "resumed", "resume_rejected", *_FAILURES, *("peer_" + label for label in _FAILURES)]
+LINK_REFUSALS = [ErrorCode.SHUTTING_DOWN.label, ErrorCode.SERVER_FULL.label, ErrorCode.TOO_MANY_CONNECTIONS_FROM_IP.label,
+                 ErrorCode.TOO_MANY_PENDING_HANDSHAKES.label, ErrorCode.TOO_MANY_LINKS_FOR_PEER.label]
+CLOSE_REASONS = [prefix + code.label for code in ErrorCode for prefix in ("", "peer_")]
+ONION_DROPS = ["bad_size", "bad_mac", "replay", "bad_payload", "bad_instruction", "weak_key", "unknown_next_hop",
+               "next_hop_busy", "mesh_queue_full", "mesh_pool_full"]
 
 
 def _family(kind, name: str, documentation: str, labels: list[str], values, zeros=()):
@@ -141,7 +151,7 @@ class _LinkCollector(Collector):
         yield _gauge("zentalk_link_links", "Links held now, by state and peer kind.", ["state", "kind"],
                      self._counts(), [("active", "client"), ("active", "relay"), ("handshake", "unknown")])
         yield _counter("zentalk_link_handshakes", "Link handshakes that ended, by result.", ["result"],
-                       stats.handshakes, ["success"])
+                       stats.handshakes, HANDSHAKE_RESULTS)
         frames = {("in", name): value for name, value in stats.frames_in.items()}
         frames.update({("out", name): value for name, value in stats.frames_out.items()})
         yield _counter("zentalk_link_frames", "Link frames by direction and type (blurred).", ["direction", "type"],
@@ -150,11 +160,12 @@ class _LinkCollector(Collector):
         yield _counter("zentalk_link_bytes", "Bytes on links, by direction (records, before TLS; blurred).",
                        ["direction"], self._blur("link_bytes", {"in": stats.bytes_in, "out": stats.bytes_out},
                                                  BYTES_STEP))
-        yield _counter("zentalk_link_refusals", "Links refused by a limit, by reason.", ["reason"], self._refusals())
+        yield _counter("zentalk_link_refusals", "Links refused by a limit, by reason.", ["reason"], self._refusals(),
+                       LINK_REFUSALS)
         yield _counter("zentalk_link_rate_limited", "Frames refused by a per-link token bucket.", ["what"],
                        stats.rate_limited, ["messages", "pex"])
         yield _counter("zentalk_link_closes", "Links closed, by reason (peer_ when the peer closed).", ["reason"],
-                       stats.closes)
+                       stats.closes, CLOSE_REASONS)
 
 
 class _RelayCollector(Collector):
@@ -170,7 +181,7 @@ class _RelayCollector(Collector):
         yield _counter("zentalk_relay_onion_packets", "Onion packets handled, by outcome (blurred).", ["result"],
                        blur("onion", self._stats.onion, EVENTS_STEP), ["forwarded", "delivered", "stored", "cover"])
         yield _counter("zentalk_relay_onion_dropped", "Onion packets dropped, by reason.", ["reason"],
-                       self._stats.dropped, ["bad_size", "bad_mac", "replay", "bad_payload", "unknown_next_hop"])
+                       self._stats.dropped, ONION_DROPS)
         yield _counter("zentalk_relay_cover_loops", "Cover loop packets this relay started (sent) or could not "
                        "(no_path: no linked relay, or fewer than two known); loops that came back count as "
                        "zentalk_relay_onion_packets_total{result=\"cover\"}.", ["result"], self._stats.cover,
@@ -185,6 +196,8 @@ class _RelayCollector(Collector):
         size = blur("mailbox_size", {"messages": store.depth, "bytes": store.size}, EVENTS_STEP)
         yield GaugeMetricFamily("zentalk_mailbox_messages", "Messages waiting in the mailbox (blurred).",
                                 value=size["messages"])
+        yield GaugeMetricFamily("zentalk_mailbox_quota_bytes", "The mailbox's quota for everyone: mailbox.total_bytes.",
+                                value=store.limits.total_bytes)
         yield GaugeMetricFamily("zentalk_mailbox_bytes", "Bytes of message bodies in the mailbox (blurred).",
                                 value=blur("mailbox_bytes", {"bytes": store.size}, BYTES_STEP)["bytes"])
         stats = store.stats
@@ -211,7 +224,8 @@ class _PexCollector(Collector):
         yield CounterMetricFamily("zentalk_pex_verified", "Peers verified by dialling and authentication.",
                                   value=self._stats.verified)
         yield _counter("zentalk_pex_refused_entries", "PEX entries refused, by reason.", ["reason"],
-                       self._stats.refused, ["bogus_address", "private_address", "own_id", "own_address", "duplicate"])
+                       self._stats.refused, ["bogus_address", "private_address", "own_id", "own_address", "duplicate",
+                                             "no_address", "bad_port"])
 
 
 DHT_METHODS = ("ping", "find_node", "get_peers", "announce_peer", "get", "put")
@@ -264,9 +278,11 @@ class _DhtCollector(Collector):
                        "the per-IP query rate).", ["family", "reason"], merged("dropped"),
                        [(f, "rate_limited") for f in families])
         yield _counter("zentalk_dht_lookups", "Lookups finished, by kind and whether they found what they looked "
-                       "for.", ["family", "kind", "result"], merged("lookups"))
+                       "for.", ["family", "kind", "result"], merged("lookups"),
+                       [(f, k, r) for f in families for k in ("find_node", "get_peers", "get") for r in ("found", "empty")])
         yield _counter("zentalk_dht_routing_events", "What became of nodes we heard from (inserted, replaced, "
-                       "full, refused...).", ["family", "outcome"], merged("routing"))
+                       "full, refused...).", ["family", "outcome"], merged("routing"),
+                       [(f, outcome.value) for f in families for outcome in Outcome])
         yield _counter("zentalk_dht_answers_trimmed", "Answers cut to the amplification budget.", ["family"],
                        {f: counters.trimmed for f, counters in stats.items()})
         yield _counter("zentalk_dht_received_bytes", "Bytes of DHT datagrams received.", ["family"],

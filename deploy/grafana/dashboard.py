@@ -7,8 +7,7 @@ rate interval, one layout rule); edit this file, not the JSON, and regenerate.
 tests/unit/test_deploy_files.py fails if the two differ.
 
 Every query selects ``job=~"$job", instance=~"$instance"``; rates use
-``$__rate_interval``. Metric names are those of docs/metrics.md, plus the
-recording rule ``zentalk:mailbox_quota_bytes`` of deploy/prometheus/alerts.yml.
+``$__rate_interval``. Metric names are those of docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -245,10 +244,9 @@ def dashboard() -> dict:
                      [(sel("zentalk_mailbox_messages"), "{{instance}}")]), 8, 7)
     L.add(timeseries("Mailbox bytes", "Bytes of message bodies in the mailbox.",
                      [(sel("zentalk_mailbox_bytes"), "{{instance}}")], unit="bytes"), 8, 7)
-    L.add(timeseries("Mailbox quota used", "Mailbox bytes over mailbox.total_bytes, taken from the recording rule "
-                     "zentalk:mailbox_quota_bytes of deploy/prometheus/alerts.yml (empty without those rules). "
+    L.add(timeseries("Mailbox quota used", "Mailbox bytes over mailbox.total_bytes (zentalk_mailbox_quota_bytes). "
                      "ZentalkMailboxNearQuota fires above 80%.",
-                     [(f"{sel('zentalk_mailbox_bytes')} / on (job, instance) {sel('zentalk:mailbox_quota_bytes')}",
+                     [(f"{sel('zentalk_mailbox_bytes')} / on (job, instance) {sel('zentalk_mailbox_quota_bytes')}",
                        "{{instance}}")], unit="percentunit"), 8, 7)
     L.add(timeseries("Mailbox events", "stored, duplicate, delivered (acknowledged by the owner), expired.",
                      [(f"{by} (event) ({rate('zentalk_mailbox_events_total')})", "{{event}}")],
