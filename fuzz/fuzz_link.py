@@ -917,9 +917,9 @@ class Peer:
 class Model:
     """What the responder must do with each frame, from docs/protocol.md.
 
-    Handshake: HELLO (with a version of our major) first, then AUTH_CHALLENGE
-    and AUTH_RESPONSE, once each; anything else, or anything twice, is
-    UNEXPECTED_FRAME. Active: handshake frames are UNEXPECTED_FRAME; CLOSE
+    PADDING frames are dropped in any state. Handshake: HELLO (with a version
+    of our major) first, then AUTH_CHALLENGE and AUTH_RESPONSE, once each;
+    anything else, or anything twice, is UNEXPECTED_FRAME. Active: handshake frames are UNEXPECTED_FRAME; CLOSE
     ends with the peer's code; flow-controlled frames (SEND, DELIVER, ...)
     are within the window while some bound the peer was told allows them:
     1000 to start with, then ``consumed + window`` of every WINDOW_UPDATE and
@@ -963,6 +963,8 @@ class Model:
 
     def _frame(self, frame: frames.Frame, now: float, peer: Peer, expected: list) -> bool:
         kind = type(frame)
+        if kind is getattr(frames, "Padding", None):
+            return False  # filler (capability PADDING): dropped in every state
         if kind is frames.Close:
             return self._close(expected, peer_code(frame.code), True)
         if self.active:

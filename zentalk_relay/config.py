@@ -326,6 +326,9 @@ class LinkConfig:
     window_max: int = setting(10000, check=_check_window, doc="Largest window a peer's update is believed up to.")
     session_ttl: float = setting(600.0, check=_check_positive,
                                  doc="Seconds a client may resume its session (RESUME) after authenticating.")
+    padding: bool = setting(True, doc="Offer capability PADDING: on links where the peer offers it too, every "
+                                      "record after the handshake is padded to a fixed size bucket "
+                                      "(docs/protocol.md, Padding).")
     max_backlog: int = setting(2000, check=_check_positive,
                                doc="Messages queued for a link beyond its window before new ones are refused.")
 

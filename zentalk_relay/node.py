@@ -304,9 +304,11 @@ def _link(reactor, config: Config, identity: Identity, metrics: NodeMetrics) -> 
     stats = LinkStats()
     wishes = tuple(name for name, wanted in (("pex-opt-out", config.pex.opt_out), ("pex-private", config.pex.private))
                    if wanted)
-    capabilities = capability_mask(Capability.RELAY, Capability.PEX) if config.pex.enabled else capability_mask(
-        Capability.RELAY)
-    settings = settings_from(config.link, capabilities=capabilities, features=wishes)
+    offered = [Capability.RELAY]
+    offered += [Capability.PEX] if config.pex.enabled else []
+    offered += [Capability.DHT] if config.dht.enabled else []
+    offered += [Capability.PADDING] if config.link.padding else []
+    settings = settings_from(config.link, capabilities=capability_mask(*offered), features=wishes)
     hub = LinkHub(reactor, config.link, identity, stats, settings, metrics.link_rtt_observer())
     metrics.watch_links(stats, hub.link_counts, lambda: dict(hub.refusals))
     service = LinkService(reactor, config.link, hub)

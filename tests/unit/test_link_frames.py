@@ -58,7 +58,7 @@ def test_hello_layout():
     "data,code,detail",
     [
         (b"", ErrorCode.PROTOCOL_ERROR, "empty frame"),
-        (b"\x7f", ErrorCode.PROTOCOL_ERROR, "unknown frame type 0x7f"),
+        (b"\x7e", ErrorCode.PROTOCOL_ERROR, "unknown frame type 0x7e"),
         (b"\x06" + bytes(19), ErrorCode.PROTOCOL_ERROR, "PING body is 19 bytes, not 20"),
         (b"\x01\x09\x01\x03\x00" + bytes(5), ErrorCode.PROTOCOL_ERROR, "unknown role 9"),
         (b"\x01\x01\x00" + bytes(5), ErrorCode.PROTOCOL_ERROR, "HELLO lists 0 versions"),

@@ -113,6 +113,7 @@ _LATER = {
     "Onion": lambda cls: st.builds(cls, body),
     "PunchRequest": lambda cls: _address(lambda h, p: (h, p)).flatmap(
         lambda hp: st.builds(cls, exactly(32), st.just(hp[0]), st.just(hp[1]))),
+    "Padding": lambda cls: st.builds(cls, body),
     "Punch": lambda cls: _address(lambda h, p: (h, p)).flatmap(
         lambda hp: st.builds(cls, exactly(32), st.just(hp[0]), st.just(hp[1]), u32, u32)),
 }

@@ -422,7 +422,7 @@ def _both_ways(data: bytes, settings: LinkSettings | None = None):
 
 
 @pytest.mark.parametrize("case", [
-    "sends", "mixed", "bad_type_after_sends", "truncated_send", "zero_length", "short_send", "empty_record",
+    "sends", "mixed", "bad_type_after_sends", "padded_records", "truncated_send", "zero_length", "short_send", "empty_record",
     "rate_limited_in_a_run", "window_exceeded_in_a_run", "close_after_sends",
 ])
 def test_batched_sends_do_what_one_frame_at_a_time_does(case):
@@ -434,7 +434,9 @@ def test_batched_sends_do_what_one_frame_at_a_time_does(case):
     elif case == "mixed":
         data = _record_of(sends[0], ack, sends[1], sends[2], frames.Ping(1, b"\x00" * 8, 1), sends[3])
     elif case == "bad_type_after_sends":
-        data = _record_of(sends[0], sends[1], b"\x7f", sends[2])
+        data = _record_of(sends[0], sends[1], b"\x7e", sends[2])
+    elif case == "padded_records":
+        data = _record_of(sends[0], sends[1], frames.Padding(bytes(40))) + _record_of(sends[2], frames.Padding())
     elif case == "truncated_send":
         data = _record_of(sends[0], sends[1])[:-3]
         data = data[:1] + bytes([data[1] - 3]) + data[2:]  # the record is whole, its last frame is not
@@ -460,6 +462,8 @@ def test_batched_sends_do_what_one_frame_at_a_time_does(case):
     assert (frames_in, limited, state) == (one_in, one_limited, one_state)
     if case in ("sends", "mixed", "close_after_sends"):
         assert any(isinstance(e, Sends) for e in batched)
+    if case == "padded_records":  # filler does not cut the run
+        assert [type(e) for e in batched] == [Sends] and len(batched[0].items) == 3
     if case == "window_exceeded_in_a_run":
         assert _flat(batched)[-1] == ("closing", ErrorCode.FLOW_VIOLATION, "more messages than the window allows")
         assert len(_flat(batched)) == 1001

@@ -22,6 +22,7 @@ from collections import OrderedDict, deque
 
 from ..link.frames import (
     Ack,
+    Capability,
     Deliver,
     Error,
     ErrorCode,
@@ -33,6 +34,7 @@ from ..link.frames import (
     Send,
     SyncRequest,
     SyncResponse,
+    capability_mask,
 )
 from ..link.protocol import ALPN, LinkAdapter, StreamLinkProtocol, WebSocketLinkProtocol
 from ..link.session import Authenticated, Carrier, LinkConnection, LinkSettings
@@ -307,7 +309,7 @@ async def connect(
 
     ``bind`` is the local (address, port) for TCP and TLS; None lets the system choose.
     """
-    settings = settings or LinkSettings()
+    settings = settings or LinkSettings(capabilities=capability_mask(Capability.PADDING))
     host, port = address or (bootstrap.addresses[0] if bootstrap.addresses else (None, None))
     if host is None:
         raise ValueError("the bootstrap string names no address; pass address=")

@@ -54,6 +54,7 @@ class FrameType(IntEnum):
     ONION = 0x40
     PUNCH_REQUEST = 0x41
     PUNCH = 0x42
+    PADDING = 0x7F
 
 
 class Role(IntEnum):
@@ -194,6 +195,13 @@ class Pong:
 
 
 @dataclass(frozen=True, slots=True)
+class Padding:
+    """Filler that brings a record to its bucket's size (capability PADDING); receivers drop it."""
+
+    body: bytes = b""  # zeros when we send; not checked
+
+
+@dataclass(frozen=True, slots=True)
 class Close:
     code: int
     reason: str = ""
@@ -308,7 +316,7 @@ class Punch:
 Frame = (
     Hello | HelloAck | AuthChallenge | AuthResponse | AuthOk | Ping | Pong | Close | Error
     | FlowControl | WindowUpdate | Pex | Send | Deliver | Receipt | Resume | Resumed | SyncRequest
-    | SyncResponse | Ack | Onion | PunchRequest | Punch
+    | SyncResponse | Ack | Onion | PunchRequest | Punch | Padding
 )
 
 #: Frames that consume the flow-control window: application traffic.
@@ -474,6 +482,7 @@ _ENCODERS: dict[type, Callable[[object], bytes]] = {
     Onion: lambda f: b"\x40" + f.packet,
     PunchRequest: lambda f: b"\x41" + f.peer + _address(f.udp_host, f.udp_port),
     Punch: lambda f: b"\x42" + f.peer + _address(f.host, f.port) + _PUNCH_TAIL.pack(f.start_in_ms, f.rtt_ms),
+    Padding: lambda f: b"\x7f" + f.body,
 }
 
 
@@ -614,6 +623,7 @@ _DECODERS: dict[int, Callable[[bytes], Frame]] = {
     FrameType.ONION: lambda b: Onion(b),
     FrameType.PUNCH_REQUEST: _decode_punch_request,
     FrameType.PUNCH: _decode_punch,
+    FrameType.PADDING: lambda b: Padding(b),
 }
 
 
@@ -637,7 +647,7 @@ _NAMES = {
     AuthOk: "auth_ok", Ping: "ping", Pong: "pong", Close: "close", Error: "error", FlowControl: "flow_control",
     WindowUpdate: "window_update", Pex: "pex", Send: "send", Deliver: "deliver", Receipt: "receipt",
     Resume: "resume", Resumed: "resumed", SyncRequest: "sync_request", SyncResponse: "sync_response", Ack: "ack",
-    Onion: "onion", PunchRequest: "punch_request", Punch: "punch",
+    Onion: "onion", PunchRequest: "punch_request", Punch: "punch", Padding: "padding",
 }
 FRAME_NAMES = tuple(_NAMES.values())
 #: The metric label of each frame type, by its type byte.

@@ -49,6 +49,7 @@ from .frames import (
     Hello,
     HelloAck,
     Ping,
+    Padding,
     Pong,
     Receipt,
     Resume,
@@ -58,6 +59,7 @@ from .frames import (
     WindowUpdate,
 )
 from .noise import LengthPrefixedReader, NoiseError, NoiseNK
+from .padding import pad
 from .noise import frame as noise_frame
 from ..ratelimit import Rate, TokenBucket
 
@@ -66,10 +68,14 @@ PROLOGUE = b"zentalk-link/3"
 INITIAL_WINDOW = 1000
 #: Records are filled up to this many bytes of frames when more are queued;
 #: larger records cost fewer AEAD calls, smaller ones less head-of-line delay.
-RECORD_TARGET = 16384
+#: One PADDING frame (3 bytes) less than 16 KiB, so that a full record still fits
+#: its padding bucket (see padding.py).
+RECORD_TARGET = 16384 - 3
 RTT_CLASSES = ((0.050, "excellent"), (0.150, "good"), (0.500, "fair"), (1.000, "poor"))
 
 _LENGTH = struct.Struct("!H").pack  # the length in front of each frame in a record
+_PADDING_BIT = 1 << frames.Capability.PADDING
+_PADDING_TYPE = frames.FrameType.PADDING.value
 _FRAME_HEAD = struct.Struct("!HB").pack  # length ‖ type
 #: A SEND frame's type, message id and recipient: the smallest SEND is this long.
 _SEND_HEAD = 1 + 16 + 32
@@ -245,6 +251,7 @@ class LinkConnection:
         self.peer_role: Role | None = None
         self.version: int | None = None
         self.capabilities = 0
+        self._padded = False
         self.features: tuple[str, ...] = ()
         #: The features the peer offered, before intersection: its wishes (e.g. "pex-opt-out").
         self.peer_features: tuple[str, ...] = ()
@@ -454,6 +461,11 @@ class LinkConnection:
                     raise FrameError(ErrorCode.FRAME_TOO_LARGE, f"{size} bytes")
                 if stop > end:
                     raise FrameError(ErrorCode.PROTOCOL_ERROR, "frame runs past the record")
+                if plaintext[start] == _PADDING_TYPE:
+                    # filler at a record's end: the run goes on into the next record
+                    self.stats.count(self.stats.frames_in, "padding")
+                    offset = stop
+                    continue
                 if run:
                     events += self._end_run(now)
                     run = self._run
@@ -540,6 +552,8 @@ class LinkConnection:
         if self.state is State.ACTIVE:
             return self._active_frame(frame, now)
         kind = type(frame)
+        if kind is Padding:
+            return []  # the peer pads from its ACTIVE on: AUTH_OK may come padded
         if kind is Close:
             return self._close(ErrorCode.NORMAL, frame.reason, by_peer=True, peer_code=frame.code)
         if kind is Hello and not self.initiator and not self._hello_done:
@@ -640,6 +654,8 @@ class LinkConnection:
 
     def _activate(self, now: float, token: bytes, resumed: bool = False) -> list[Event]:
         self.state = State.ACTIVE
+        # From here on (AUTH_OK and everything after) records go out padded, if both offered PADDING.
+        self._padded = bool(self.capabilities & _PADDING_BIT)
         if self._window != INITIAL_WINDOW:
             self._report(WindowUpdate(self._window, 0))
         self._deadline_handshake = None
@@ -670,6 +686,8 @@ class LinkConnection:
                 return []
             self._consumed(1)
             return [Received(frame)]
+        if kind is Padding:
+            return []
         if kind is Ping:
             self._queue(Pong(frame.timestamp_ms, frame.nonce, frame.sequence, _ms(now)), Priority.CONTROL)
             return []
@@ -952,6 +970,8 @@ class LinkConnection:
 
     def _seal(self, batch: list[bytes]) -> bytes:
         plaintext = batch[0] if len(batch) == 1 else b"".join(batch)
+        if self._padded:
+            plaintext = pad(plaintext)
         if self._send_cipher is None:
             return plaintext
         return self._send_cipher.encrypt(plaintext)
