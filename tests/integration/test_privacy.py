@@ -122,3 +122,48 @@ async def test_no_client_address_or_id_in_logs_or_metrics(start_node):
         assert secret not in status, f"{secret} appears in /status"
     assert "zentalk_link_handshakes_total" in metrics  # the scan read real output
     assert "node " in logs and "listening on" in logs
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_writes_only_bucket_sizes_and_cover_looks_like_messages(start_node):
+    from zentalk_relay.link.padding import BUCKETS
+
+    a = start_node(*relay_args(free_port(), free_port(socket.SOCK_DGRAM)))
+    boot = bootstrap.parse(a.status()["bootstrap"])
+    alice_key, bob_key = SigningKey.generate(), SigningKey.generate()
+    alice = await within(Deferred.fromCoroutine(connect(reactor, boot, alice_key)))
+    bob = await within(Deferred.fromCoroutine(connect(reactor, boot, bob_key)))
+    reader = bob.adapter.conn._reader  # noqa: SLF001 - the capture starts at a record boundary
+    assert not reader._buffer[reader._offset:]  # noqa: SLF001
+    captured = bytearray()
+    received = bob.adapter.dataReceived
+
+    def tap(data: bytes) -> None:
+        captured.extend(data)
+        received(data)
+
+    bob.adapter.dataReceived = tap
+    hop = [(bytes.fromhex(a.status()["node_id"]), bytes.fromhex(a.status()["onion_public"]))]
+    bob.start_cover(20.0, lambda: hop)  # loops through A back to bob: DELIVERs like any other
+    for size in (1, 60, 300, 900, 3000, 12000, 40000):  # direct SENDs of many sizes
+        await within(alice.send(node_id(bob_key), os.urandom(size)))
+        await within(bob.receive())
+    for _ in range(10):  # onion messages with bodies of a cover loop's sizes
+        alice.send_onion(hop, node_id(bob_key), os.urandom(500))
+        await within(bob.receive())
+    await until(lambda: bob.cover_returned >= 10, "cover loops came back")
+    bob.stop_cover()
+
+    sizes, offset = [], 0
+    while offset + 2 <= len(captured):
+        (size,) = struct.unpack_from("!H", captured, offset)
+        if offset + 2 + size > len(captured):
+            break  # the last record is still arriving
+        sizes.append(size - 16)  # less the AEAD tag
+        offset += 2 + size
+    assert len(sizes) > 20
+    assert set(sizes) <= set(BUCKETS), sorted(set(sizes) - set(BUCKETS))
+    # a loop's DELIVER and a message's DELIVER with a body of the same size class share a bucket
+    assert sizes.count(1024) >= 10
+    for client in (alice, bob):
+        await within(client.close())
