@@ -127,3 +127,10 @@ def test_tls_carrier_records_are_padded_too():
     pair.responder.send(Deliver(bytes(16), b"z" * 777), pair.now)
     pair.pump()
     assert _record_sizes(relay.written)[done:] == [1024]
+
+
+def test_the_worked_example_of_docs_protocol():
+    record = frames.pack_record([frames.encode(frames.Receipt(bytes(range(16)), 0, 0))])
+    padded = pad(record)
+    assert record.hex() == "0014" + "32" + bytes(range(16)).hex() + "00" + "0000"
+    assert padded[len(record):] == bytes.fromhex("00e87f") + bytes(231) and len(padded) == 256
