@@ -523,8 +523,8 @@ class TorConfig:
                                "Empty: the node launches `tor.binary` itself, with its data in `<data_dir>/tor`.")
     control_password_file: str = setting("", doc="File holding the control port password (tor's "
                                                  "HashedControlPassword), mode 0600. Empty: cookie authentication.")
-    binary: str = setting("tor", doc="The tor program the node launches when `tor.control` is empty: a name on "
-                                     "PATH or a path.")
+    binary: str = setting("tor", doc="The tor program the node launches when `tor.control` is empty: a path, or "
+                                     "a name looked up on PATH and in /usr/sbin.")
     port: int = setting(7400, check=_check_port_number,
                         doc="Virtual port of the onion service: relays reach this node at `<address>.onion:<port>`.")
     timeout: float = setting(60.0, check=_check_positive,

@@ -8,6 +8,9 @@ twistd picks the reactor after plugins load.
 
 from __future__ import annotations
 
+import atexit
+import os
+import sys
 from pathlib import Path
 
 from twisted.python import usage
@@ -26,6 +29,9 @@ class Options(usage.Options):
         ["data-dir", "d", None, "Directory for keys and state (node.data_dir)."],
         ["log-level", None, None, "debug, info, warn, error or critical (node.log_level)."],
         ["metrics-listen", None, None, "Endpoint string for /metrics, /healthz, /status (metrics.listen)."],
+    ]
+    optFlags = [
+        ["tor", None, "Publish the link listener as a Tor onion service (tor.enabled)."],
     ]
 
     def __init__(self) -> None:
@@ -57,6 +63,7 @@ class Options(usage.Options):
             ("--metrics-listen", "metrics.listen", self["metrics-listen"]),
             ("--stun-udp", "stun.udp", self._stun_udp or None),
             ("--dht-udp", "dht.udp", self._dht_udp or None),
+            ("--tor", "tor.enabled", True if self["tor"] else None),
         ]
         return [item for item in named if item[2] is not None] + self._sets
 
@@ -77,7 +84,22 @@ def makeService(options: Options):
 
     set_level(options.config.node.log_level)
     try:
-        return build_node(reactor, options.config, reload_config=lambda: load(
+        node = build_node(reactor, options.config, reload_config=lambda: load(
             Path(options["config"]) if options["config"] else None, options.overrides()))
     except (IdentityError, OSError) as error:
         raise SystemExit(f"zentalk-relay: {error}") from None
+    atexit.register(_exit_status, node)
+    return node
+
+
+def _exit_status(node) -> None:
+    """twistd exits 0 once the reactor stops, whatever stopped it; a start-up that failed after the
+    reactor ran (tor did not come up) exits 1 with its one line, as a StartupError before it would."""
+    if node.startup_failure is None:
+        return
+    # twistd has replaced sys.stdout and sys.stderr with its log; the line goes to the real stderr
+    for stream in (sys.stdout, sys.__stdout__):
+        stream.flush()
+    sys.__stderr__.write(f"zentalk-relay: {node.startup_failure}\n")
+    sys.__stderr__.flush()
+    os._exit(1)

@@ -214,6 +214,8 @@ class Mesh(MultiService):
         self._sweeper: LoopingCall | None = None
         self.relay_up: Callable[[bytes, LinkAdapter, Dialable | None], None] = lambda node_id, adapter, dialled: None
         self.dial_failed: Callable[[bytes], None] = lambda node_id: None
+        #: ``(host, port) -> endpoint`` through Tor for ``.onion`` hosts; set by the node when Tor runs.
+        self.onion_endpoint: Callable[[str, int], object] | None = None
         from ..bootstrap import parse
 
         for text in config.peers:
@@ -266,14 +268,23 @@ class Mesh(MultiService):
             self._waiting.pop(node_id, None)
 
     def connect(self, node_id: bytes, give_up_after: int | None = None) -> bool:
-        """Open (and keep) a link to a relay in the directory; False if the pool is full."""
+        """Open (and keep) a link to a relay in the directory; False if the pool is full.
+
+        A relay known by an onion address is dialled through Tor's SOCKS port,
+        and not at all (False) when this node runs no Tor.
+        """
         if node_id in self._clients:
             return True
         if len(self._clients) >= self._config.max_links:
             return False
         known = self.directory[node_id]
-        endpoint_class = TCP6ClientEndpoint if ":" in known.host else TCP4ClientEndpoint
-        endpoint = endpoint_class(self._reactor, known.host, known.port, timeout=5)
+        if known.host.endswith(".onion"):
+            if self.onion_endpoint is None:
+                return False
+            endpoint = self.onion_endpoint(known.host, known.port)
+        else:
+            endpoint_class = TCP6ClientEndpoint if ":" in known.host else TCP4ClientEndpoint
+            endpoint = endpoint_class(self._reactor, known.host, known.port, timeout=5)
         hub, identity, settings, mesh = self._hub, self._identity, self._hub.settings, self
 
         def make(now: float) -> LinkConnection:
