@@ -280,7 +280,7 @@ def _testnet(args: argparse.Namespace) -> int:
     from .testnet import run
 
     try:
-        return run(args.nodes, args.base_port, Path(args.dir), args.duration)
+        return run(args.nodes, args.base_port, Path(args.dir), args.duration, settings=tuple(args.set))
     except (ValueError, RuntimeError) as error:
         print(f"zentalk-relay: testnet: {error}", file=sys.stderr)
         return 1
@@ -327,6 +327,9 @@ def parser() -> argparse.ArgumentParser:
     testnet.add_argument("--base-port", type=int, default=17400,
                          help="node i uses ports BASE+10i ... BASE+10i+4 on 127.0.0.1 (default 17400)")
     testnet.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    testnet.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="a setting for every node, as twistd's --set (e.g. turn.enabled=true), or for node I "
+                              "only with I:KEY=VALUE; repeatable")
     testnet.set_defaults(run=_testnet)
 
     dht = commands.add_parser("dht", help="DHT operations from a short-lived node: lookup, peers, announce, get, "

@@ -95,10 +95,24 @@ scrape_configs:
 """
 
 
-def _twistd(node: TestnetNode) -> list[str]:
+def node_settings(index: int, settings: tuple[str, ...]) -> list[str]:
+    """The ``KEY=VALUE`` settings for node ``index``: all unprefixed ones, and ``<index>:KEY=VALUE``."""
+    chosen = []
+    for setting in settings:
+        prefix, colon, rest = setting.partition(":")
+        if colon and prefix.isdigit() and "=" not in prefix:
+            if int(prefix) == index:
+                chosen.append(rest)
+        else:
+            chosen.append(setting)
+    return chosen
+
+
+def _twistd(node: TestnetNode, settings: tuple[str, ...] = ()) -> list[str]:
+    overrides = [item for setting in node_settings(node.index, settings) for item in ("--set", setting)]
     return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--nodaemon", "--pidfile=",
-            "--logfile",
-            str(node.directory / f"node-{node.index}.log"), "zentalk-relay", "--config", str(node.config_file)]
+            "--logfile", str(node.directory / f"node-{node.index}.log"), "zentalk-relay",
+            "--config", str(node.config_file), *overrides]
 
 
 def _wait_ready(nodes: list[TestnetNode], processes: list[subprocess.Popen], timeout: float) -> None:
@@ -123,7 +137,10 @@ def _status(node: TestnetNode) -> dict:
         return json.loads(response.read())
 
 
-def run(count: int, base: int, directory: Path, duration: float | None, out=sys.stdout) -> int:
+def run(count: int, base: int, directory: Path, duration: float | None, out=sys.stdout,
+        settings: tuple[str, ...] = ()) -> int:
+    """``settings`` (``KEY=VALUE``, as twistd's ``--set``) apply to every node after its file;
+    ``<i>:KEY=VALUE`` to node ``i`` only."""
     directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
     nodes = plan(count, base, directory)
@@ -140,7 +157,7 @@ def run(count: int, base: int, directory: Path, duration: float | None, out=sys.
     processes: list[subprocess.Popen] = []
     try:
         for node in nodes:
-            processes.append(subprocess.Popen(_twistd(node), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            processes.append(subprocess.Popen(_twistd(node, settings), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                               stderr=subprocess.STDOUT, start_new_session=True))
         _wait_ready(nodes, processes, START_TIMEOUT)
         print(f"zentalk-relay testnet: {count} nodes on {HOST}, state in {directory}", file=out)

@@ -1,8 +1,8 @@
 """deploy/prometheus and deploy/grafana against the real Prometheus (the Debian package's binaries).
 
 promtool checks the configuration and the rules and runs the rules' unit
-tests. Then a real ``prometheus`` scrapes three relays on loopback (DHT
-bootstrap between them, TURN on one) every second while clients put light
+tests. Then a real ``prometheus`` scrapes the three relays of
+``zentalk-relay testnet --nodes 3`` (TURN on, through ``--set``) every second while clients put light
 load on them, and every query of the dashboard (its variables substituted)
 and every rule must evaluate and return data. The load is chosen so that the
 panels show more than zeros where it matters: STUN requests and garbage, a
@@ -19,10 +19,14 @@ import hashlib
 import json
 import math
 import os
+import random
 import re
+import select
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -41,7 +45,7 @@ from zentalk_relay import bootstrap
 from zentalk_relay.client import LinkClosed, connect
 from zentalk_relay.link.frames import ErrorCode, Onion, ReceiptStatus
 
-from .conftest import ROOT, cli, run
+from .conftest import CHECKOUT_ENV, ROOT, NodeProcess, cli, run
 
 pytestmark = pytest.mark.integration
 
@@ -250,27 +254,72 @@ def missing_data(prometheus: Prometheus, job: str, count: int) -> list[str]:
     return missing
 
 
-def relay_args(dht_port: int, *bootstrap_ports: int) -> tuple[str, ...]:
-    """A relay on loopback that finds the others through the DHT; it looks and publishes again every 5 s.
-
-    Its statistics are exact (metrics.blur_interval = 0): blurred, a light load rounds down to zero.
-    """
-    return ("--stun-udp", "127.0.0.1:0", "--metrics-listen", "tcp:0:interface=127.0.0.1",
-            "--set", "metrics.blur_interval=0",
-            "--dht-udp", f"127.0.0.1:{dht_port}",
-            "--set", f'link.tcp=["tcp:{free_port()}:interface=127.0.0.1"]',
-            "--set", "dht.bootstrap=" + json.dumps([f"127.0.0.1:{port}" for port in bootstrap_ports]),
-            "--set", "dht.discover_interval=5", "--set", "dht.republish_interval=5",
-            "--set", "pex.allow_private_addresses=true",
-            "--set", "link.messages_per_minute=100000", "--set", "link.messages_burst=10000")
+#: Settings for every node of the testnet: exact statistics (blurred, a light load rounds down to
+#: zero), looking and publishing in the DHT every 5 s, room for the load, and a metrics allow-list
+#: that Prometheus (127.0.0.1) passes and a client from 127.0.0.2 does not.
+TESTNET_SETTINGS = ("metrics.blur_interval=0", "dht.discover_interval=5", "dht.republish_interval=5",
+                    "link.messages_per_minute=100000", "link.messages_burst=10000",
+                    'metrics.allow=["127.0.0.1/32"]')
 
 
-def turn_args(tmp_path: Path) -> tuple[str, ...]:
+def turn_settings(tmp_path: Path) -> tuple[str, ...]:
     users = tmp_path / "turn-users"
     users.write_text(f"{TURN_USER}:{TURN_PASSWORD}\n")
     users.chmod(0o600)
-    return ("--set", "turn.enabled=true", "--set", 'turn.realm="zentalk.test"',
-            "--set", f'turn.users_file="{users}"', "--set", 'turn.allowed_peer_ranges=["127.0.0.1/32"]')
+    return tuple("0:" + setting for setting in (  # on node 0 only: the others count STUN drops as STUN
+        "turn.enabled=true", 'turn.realm="zentalk.test"', f'turn.users_file="{users}"',
+        'turn.allowed_peer_ranges=["127.0.0.1/32"]'))
+
+
+class _Testnet:
+    """``zentalk-relay testnet --nodes 3`` as an operator runs it, with ``--set`` for the test's settings."""
+
+    def __init__(self, directory: Path, settings: tuple[str, ...]) -> None:
+        self.base = _free_base(3)
+        self.dht_port = self.base + 3
+        command = [sys.executable, "-m", "zentalk_relay.cli", "testnet", "--nodes", "3", "--dir", str(directory),
+                   "--base-port", str(self.base), "--duration", "600"]
+        for setting in settings:
+            command += ["--set", setting]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=CHECKOUT_ENV)
+        banner = b""
+        deadline = time.monotonic() + BOUND
+        while b"Ctrl-C stops every node." not in banner:
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                self.stop()
+                raise AssertionError(f"the testnet did not start:\n{banner.decode()}")
+            ready, _, _ = select.select([self.process.stdout], [], [], 0.5)
+            if ready:
+                banner += os.read(self.process.stdout.fileno(), 65536)
+        self.nodes = []
+        for index in range(3):
+            node = NodeProcess(directory)
+            node.data_dir = directory / f"node-{index}"
+            self.nodes.append(node)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)  # drains and stops every node
+            try:
+                self.process.wait(timeout=BOUND)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _free_base(count: int) -> int:
+    """A base port whose 10 * count ports are free on loopback now (TCP and UDP)."""
+    for _ in range(50):
+        base = random.randrange(20000, 60000, 10)
+        try:
+            for port in range(base, base + 10 * count):
+                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                    with socket.socket(socket.AF_INET, kind) as probe:
+                        probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free port range")
 
 
 async def until(check, what: str, timeout: float = BOUND):
@@ -433,15 +482,13 @@ async def link_failures(b, c) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_every_dashboard_query_and_rule_has_data_from_a_live_network(start_node, tmp_path):
+async def test_every_dashboard_query_and_rule_has_data_from_a_live_network(tmp_path):
     prometheus_binary, _ = tools()
     job = job_name()
     assert set(MOVED_BY_THE_LOAD) <= {title for title, _ in dashboard_queries(job)}
-    port_a = free_port(socket.SOCK_DGRAM)
-    a = start_node(*relay_args(port_a), *turn_args(tmp_path))
-    b = start_node(*relay_args(free_port(socket.SOCK_DGRAM), port_a))
-    c = start_node(*relay_args(free_port(socket.SOCK_DGRAM), port_a), "--set", 'metrics.allow=["127.0.0.1/32"]')
-    nodes = (a, b, c)
+    testnet = _Testnet(tmp_path / "testnet", TESTNET_SETTINGS + turn_settings(tmp_path))
+    a, b, c = nodes = testnet.nodes
+    port_a = testnet.dht_port
     targets = ["%s:%d" % node.address("metrics") for node in nodes]
     prometheus = Prometheus(prometheus_binary, tmp_path / "prometheus", job, targets)
     clients = []
@@ -501,3 +548,4 @@ async def test_every_dashboard_query_and_rule_has_data_from_a_live_network(start
                 await within(client.close())
         finally:
             prometheus.stop()
+            testnet.stop()
