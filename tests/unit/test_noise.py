@@ -686,3 +686,93 @@ def test_a_given_static_public_key_gives_the_same_handshake():
     plain.read_message(first)
     cached.read_message(first)
     assert plain.write_message(b"") == cached.write_message(b"")
+
+
+# -- the straight-line NK responder ---------------------------------------------------
+
+_NK_VECTORS = sorted(name for name in _VECTORS if name.startswith("NK-"))
+
+
+@pytest.mark.parametrize("name", _NK_VECTORS)
+@pytest.mark.parametrize("given_public", [False, True])
+def test_straight_line_responder_matches_the_vectors(name, given_public):
+    vector = _VECTORS[name]
+    messages = _messages(vector)
+    static = h(vector["resp_static"])
+    responder = noise.NKResponder(static, h(vector["resp_prologue"]),
+                                  static_public=public_key(static) if given_public else None)
+    reply, payload, send, receive, handshake_hash = responder.respond(
+        messages[0][1], h(vector["resp_ephemeral"]), messages[1][0])
+    assert payload == messages[0][0]
+    assert reply == messages[1][1]
+    assert handshake_hash == h(vector["handshake_hash"])
+    for index, (plaintext, ciphertext) in enumerate(messages[2:]):
+        if index % 2 == 0:
+            assert receive.decrypt(ciphertext) == plaintext
+        else:
+            assert send.encrypt(plaintext) == ciphertext
+
+
+def test_nk_responder_is_made_once_per_key():
+    static = bytes([7]) * 32
+    assert noise.nk_responder(static, b"p") is noise.nk_responder(static, b"p")
+    assert noise.nk_responder(static, b"p") is not noise.nk_responder(static, b"q")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(min_size=32, max_size=32), st.binary(min_size=32, max_size=32), st.binary(max_size=40),
+       st.binary(max_size=100), st.binary(max_size=100), st.lists(st.integers(0, 200), max_size=3))
+def test_straight_line_responder_equals_the_generic_one(static, ephemeral, prologue, payload, reply_payload,
+                                                       flips):
+    initiator = NoiseNK.initiator(public_key(static), prologue)
+    first = bytearray(initiator.write_message(payload))
+    for flip in flips:  # sometimes a damaged message: both must refuse it alike
+        first[flip % len(first)] ^= 0x01
+    first = bytes(first)
+    generic = NoiseNK.responder(static, prologue, ephemeral_private=ephemeral)
+    try:
+        expected = (generic.read_message(first), generic.write_message(reply_payload))
+    except NoiseError as error:
+        with _raises(error.reason):
+            noise.NKResponder(static, prologue).respond(first, ephemeral, reply_payload)
+        return
+    reply, their_payload, send, receive, handshake_hash = noise.NKResponder(static, prologue).respond(
+        first, ephemeral, reply_payload)
+    assert (their_payload, reply) == expected
+    assert handshake_hash == generic.handshake_hash
+    generic_send, generic_receive = generic.split()
+    down = send.encrypt(b"down")
+    assert down == generic_send.encrypt(b"down")
+    assert initiator.read_message(reply) == reply_payload
+    initiator_send, initiator_receive = initiator.split()
+    assert receive.decrypt(initiator_send.encrypt(b"up")) == b"up"
+    assert initiator_receive.decrypt(down) == b"down"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=120))
+def test_straight_line_responder_refuses_garbage_with_noise_error_only(data):
+    responder = noise.NKResponder(bytes([3]) * 32, b"zentalk")
+    with pytest.raises(NoiseError):
+        responder.respond(data, bytes([5]) * 32)
+
+
+@pytest.mark.parametrize("point", _LOW_ORDER, ids=range(len(_LOW_ORDER)))
+def test_straight_line_responder_refuses_low_order_keys(point):
+    vector = _VECTORS["NK-John Galt"]
+    responder = noise.NKResponder(h(vector["resp_static"]), h(vector["resp_prologue"]))
+    with _raises("weak_key"):
+        responder.respond(point + bytes(16), h(vector["resp_ephemeral"]))
+
+
+def test_straight_line_responder_size_limits():
+    responder = noise.NKResponder(bytes([3]) * 32, b"")
+    with _raises("bad_length"):
+        responder.respond(bytes(47), bytes([5]) * 32)
+    with _raises("bad_length"):
+        responder.respond(bytes(MAX_MESSAGE + 1), bytes([5]) * 32)
+    first = NoiseNK.initiator(public_key(bytes([3]) * 32), b"").write_message()
+    with _raises("bad_length"):
+        responder.respond(first, bytes([5]) * 32, bytes(MAX_MESSAGE - 47))
+    with _raises("bad_length"):
+        responder.respond(first, bytes(31))

@@ -108,3 +108,16 @@ def test_their_message_under_a_wrong_key_is_refused():
     theirs = _theirs(NoiseNK, True, b"", remote_static=public_key(os.urandom(32)))
     with pytest.raises(NoiseError, match="^decrypt_failed$"):
         NoiseNK.responder(static, b"").read_message(theirs.write_message(b"hi"))
+
+
+def test_straight_line_responder_with_theirs():
+    from zentalk_relay.link.noise import NKResponder
+
+    static, prologue = os.urandom(32), os.urandom(20)
+    theirs = _theirs(NoiseNK, True, prologue, remote_static=public_key(static))
+    reply, payload, send, receive, handshake_hash = NKResponder(static, prologue).respond(
+        theirs.write_message(b"client hello"), os.urandom(32), b"relay hello")
+    assert payload == b"client hello"
+    assert theirs.read_message(reply) == b"relay hello"
+    assert theirs.handshake_finished and handshake_hash == theirs.get_handshake_hash()
+    _exchange((send, receive), theirs)

@@ -61,6 +61,7 @@ __all__ = [
     "MAX_MESSAGE",
     "MAX_NONCE",
     "MAX_PAYLOAD",
+    "NKResponder",
     "NoiseError",
     "NoiseNK",
     "NoiseNKpsk0",
@@ -71,6 +72,7 @@ __all__ = [
     "TAGLEN",
     "frame",
     "handshake_pattern",
+    "nk_responder",
     "public_key",
 ]
 
@@ -626,6 +628,84 @@ class HandshakeState:
         self._keys.pop("s", None)
         self._psks.clear()
         return (c1, c2) if self.initiator else (c2, c1)
+
+
+# -- the relay's responder, straight-line -------------------------------------
+
+
+class NKResponder:
+    """``Noise_NK_25519_ChaChaPoly_SHA256``'s responder as one function, for a relay's many handshakes.
+
+    What :meth:`NoiseNK.responder` followed by ``read_message``,
+    ``write_message`` and ``split`` does, written out for NK with no
+    pattern interpreter: the handshake hash after the prologue and the
+    static key is computed once per static key (:func:`nk_responder`
+    keeps the object), and each handshake is :meth:`respond`. The same
+    errors, in the same order, for the same inputs; the unit tests check it
+    against :class:`HandshakeState` and the published vectors.
+    """
+
+    __slots__ = ("_s", "_h", "_ck")
+
+    def __init__(self, static_private: bytes, prologue: bytes, static_public: bytes | None = None) -> None:
+        static_private = _key(static_private, "static key")
+        symmetric = SymmetricState(NoiseNK.protocol_name)
+        symmetric.mix_hash(_bytes(prologue, "prologue"))
+        symmetric.mix_hash(public_key(static_private) if static_public is None else _key(static_public, "s_public"))
+        self._s = static_private
+        self._h = symmetric.h
+        self._ck = symmetric.ck
+
+    def respond(self, message: bytes, ephemeral_private: bytes,
+                payload: bytes = b"") -> tuple[bytes, bytes, CipherState, CipherState, bytes]:
+        """Message 1 in; ``(message 2, message 1's payload, send, receive, handshake hash)`` out.
+
+        ``ephemeral_private`` is this handshake's key (drawn by the caller).
+        Raises :class:`NoiseError` as :class:`HandshakeState` would.
+        """
+        message = _bytes(message, "message")
+        ephemeral_private = _key(ephemeral_private, "ephemeral key")
+        payload = _bytes(payload, "payload")
+        size = len(message)
+        if size > MAX_MESSAGE or size < DHLEN + TAGLEN:
+            raise NoiseError("bad_length")
+        if len(payload) > MAX_MESSAGE - DHLEN - TAGLEN:
+            raise NoiseError("bad_length")
+        sha256 = hashlib.sha256
+        # -> e, es
+        re = message[:DHLEN]
+        h = sha256(self._h + re).digest()
+        ck, key = _hkdf(self._ck, _dh(self._s, re), 2)
+        ciphertext = message[DHLEN:]
+        try:
+            their_payload = ChaCha20Poly1305(key).decrypt(_NONCE_ZERO, ciphertext, h)
+        except InvalidTag:
+            raise NoiseError("decrypt_failed") from None
+        h = sha256(h + ciphertext).digest()
+        # <- e, ee
+        e_public = crypto_scalarmult_base(ephemeral_private)
+        h = sha256(h + e_public).digest()
+        ck, key = _hkdf(ck, _dh(ephemeral_private, re), 2)
+        ciphertext = ChaCha20Poly1305(key).encrypt(_NONCE_ZERO, payload, h)
+        h = sha256(h + ciphertext).digest()
+        # Split(): the responder sends with the second key
+        receive_key, send_key = _hkdf(ck, b"", 2)
+        return e_public + ciphertext, their_payload, CipherState(send_key), CipherState(receive_key), h
+
+
+_NONCE_ZERO = _NONCE(0)
+_RESPONDERS: dict[tuple[bytes, bytes, bytes | None], NKResponder] = {}
+
+
+def nk_responder(static_private: bytes, prologue: bytes, static_public: bytes | None = None) -> NKResponder:
+    """The :class:`NKResponder` for a static key and prologue, made once (a node has one or two)."""
+    index = (static_private, prologue, static_public)
+    responder = _RESPONDERS.get(index)
+    if responder is None:
+        if len(_RESPONDERS) >= 16:
+            _RESPONDERS.clear()
+        responder = _RESPONDERS[index] = NKResponder(static_private, prologue, static_public)
+    return responder
 
 
 # -- factories -----------------------------------------------------------------

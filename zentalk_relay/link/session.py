@@ -58,7 +58,7 @@ from .frames import (
     Send,
     WindowUpdate,
 )
-from .noise import LengthPrefixedReader, NoiseError, NoiseNK
+from .noise import LengthPrefixedReader, NoiseError, NoiseNK, nk_responder
 from .padding import pad
 from .noise import frame as noise_frame
 from ..ratelimit import Rate, TokenBucket
@@ -273,8 +273,14 @@ class LinkConnection:
         self._batch_sends = batch_sends
         self._run: list[tuple[bytes, bytes, bytes]] = []  # SENDs of the read being handled, not yet handed over
 
+        # The initiator runs the generic HandshakeState; the responder (a relay, many
+        # handshakes) the straight-line NK responder with its ephemeral key drawn here.
+        self._noise = None
+        self._responder = None
+        self._ephemeral: bytes | None = None
+        self._handshaking = carrier is not Carrier.TLS_STREAM
         if carrier is Carrier.TLS_STREAM:
-            self._noise = None
+            pass
         elif initiator:
             if remote_static is None:
                 raise ValueError("a Noise initiator needs the responder's static key")
@@ -282,7 +288,8 @@ class LinkConnection:
         else:
             if static_private is None:
                 raise ValueError("a Noise responder needs its static key")
-            self._noise = NoiseNK.responder(static_private, PROLOGUE, rng=rng, static_public=static_public)
+            self._responder = nk_responder(static_private, PROLOGUE, static_public)
+            self._ephemeral = rng(32)
         self._reader = LengthPrefixedReader() if carrier is not Carrier.NOISE_MESSAGES else None
         self._send_cipher = None
         self._recv_cipher = None
@@ -399,7 +406,7 @@ class LinkConnection:
         return events
 
     def _record(self, record: bytes, now: float) -> list[Event]:
-        if self._noise is not None and not self._noise.complete:
+        if self._handshaking:
             return self._noise_handshake(record, now)
         if self._recv_cipher is not None:
             try:
@@ -513,21 +520,26 @@ class LinkConnection:
     # -- Noise ---------------------------------------------------------------
 
     def _noise_handshake(self, message: bytes, now: float) -> list[Event]:
-        assert self._noise is not None
         try:
             if not self.initiator:
                 if self._replay_check is not None and len(message) >= 32 and not self._replay_check(message[:32]):
                     return self._close(ErrorCode.HANDSHAKE_REPLAYED, "this handshake was seen before",
                                        by_peer=False, secure=False)
-                self._noise.read_message(message)
-                self._raw_out.append(self._noise.write_message(b""))
+                if self._ephemeral is None:
+                    raise NoiseError("out_of_order")  # a failed handshake is not tried again
+                ephemeral, self._ephemeral = self._ephemeral, None
+                reply, _, self._send_cipher, self._recv_cipher, self._binding = self._responder.respond(
+                    message, ephemeral)
+                self._raw_out.append(reply)
             else:
-                self._noise.read_message(message)
+                noise = self._noise
+                noise.read_message(message)
+                self._send_cipher, self._recv_cipher = noise.split()
+                self._binding = noise.handshake_hash
         except NoiseError as error:
             return self._close(ErrorCode.DECRYPT_FAILED, f"Noise handshake failed ({error.reason})",
                                by_peer=False, secure=False)
-        self._send_cipher, self._recv_cipher = self._noise.split()
-        self._binding = self._noise.handshake_hash
+        self._handshaking = False
         return self._channel_ready(now)
 
     def _channel_ready(self, now: float) -> list[Event]:
