@@ -387,3 +387,79 @@ def test_sends_to_an_unknown_recipient_are_stored(routed):
     sender.pump()
     assert [r.result.status for r in receipts] == [ReceiptStatus.STORED] * 3
     assert [put[0] for put in mailbox.puts] == [b"\x07" * 32] * 3
+
+
+class _SocketTransport(StringTransport):
+    """A StringTransport whose handle is one end of a socket pair: the adapter may send() on it directly."""
+
+    def __init__(self, sock, **kwargs):
+        super().__init__(**kwargs)
+        self._sock = sock
+
+    def getHandle(self):
+        return self._sock
+
+
+def test_handshake_writes_go_straight_to_the_socket_then_through_the_transport(setup):
+    import socket
+
+    reactor, hub, identity = setup()
+    wire = Wire(reactor, hub, identity)
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    try:
+        # the server side again, on a transport with a socket behind it
+        wire.server_side = hub.build(Carrier.NOISE_STREAM, IPv4Address("TCP", "192.0.2.9", 40000))
+        wire.server_transport = _SocketTransport(ours, peerAddress=IPv4Address("TCP", "192.0.2.9", 40000))
+        wire.server_side.makeConnection(wire.server_transport)
+        for _ in range(10):
+            data = wire.client_transport.value()
+            if data:
+                wire.client_transport.clear()
+                wire.server_side.dataReceived(data)
+            try:
+                sent = theirs.recv(65536)
+            except BlockingIOError:
+                sent = b""
+            if sent:
+                wire.client_side.dataReceived(sent)
+            if wire.client_side.state is State.ACTIVE and not data and not sent:
+                break
+        assert wire.client_side.state is State.ACTIVE and wire.server_side.state is State.ACTIVE
+        assert wire.server_transport.value() == b""  # every handshake write went to the socket
+        # once ACTIVE, writes go through the transport (and its back-pressure)
+        wire.server_side.conn.send(frames_ping(reactor), reactor.seconds())
+        wire.server_side.flush()
+        assert wire.server_transport.value() != b""
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def frames_ping(reactor):
+    from zentalk_relay.link.frames import Ping
+
+    return Ping(int(reactor.seconds() * 1000), bytes(8), 1)
+
+
+def test_a_write_the_socket_does_not_take_whole_goes_to_the_transport(setup):
+    reactor, hub, identity = setup()
+
+    import socket as socket_module
+
+    class FullSocket(socket_module.socket):
+        def send(self, data, flags=0):
+            raise BlockingIOError
+
+    sock = FullSocket()
+    sock.setblocking(False)
+    try:
+        wire = Wire(reactor, hub, identity)
+        wire.server_side = hub.build(Carrier.NOISE_STREAM, IPv4Address("TCP", "192.0.2.10", 40000))
+        wire.server_transport = _SocketTransport(sock, peerAddress=IPv4Address("TCP", "192.0.2.10", 40000))
+        wire.server_side.makeConnection(wire.server_transport)
+        wire.pump()
+        assert wire.client_side.state is State.ACTIVE  # everything went through the transport instead
+    finally:
+        sock.close()

@@ -776,3 +776,19 @@ def test_straight_line_responder_size_limits():
         responder.respond(first, bytes([5]) * 32, bytes(MAX_MESSAGE - 47))
     with _raises("bad_length"):
         responder.respond(first, bytes(31))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=80), st.binary(max_size=10))
+def test_reader_whole_record_shortcut_agrees_with_the_buffered_path(data, held):
+    framed = frame(data) if data else b""
+    for candidate in (framed, data, framed + b"x", framed[:-1]):
+        fast, slow = LengthPrefixedReader(max_message=64), LengthPrefixedReader(max_message=64)
+        if held:
+            fast.receive_data(held)
+        got = fast.whole(candidate)
+        if got is None:
+            continue
+        assert not held
+        slow.receive_data(candidate)
+        assert slow.next_message() == got and slow.buffered == 0

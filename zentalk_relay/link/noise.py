@@ -842,6 +842,19 @@ class LengthPrefixedReader:
             raise NoiseError("bad_length")
         self._buffer += data
 
+    def whole(self, data: bytes) -> bytes | None:
+        """``data``'s record if this reader holds nothing and ``data`` is exactly one valid record, else None.
+
+        The same as ``receive_data(data)`` then ``next_message()``, without
+        the copy into the buffer; on None, call those.
+        """
+        if self._buffer or len(data) < FRAME_HEADER:
+            return None
+        size = len(data) - FRAME_HEADER
+        if size == 0 or size > self.max_message or (data[0] << 8 | data[1]) != size:
+            return None
+        return data[FRAME_HEADER:]
+
     def next_message(self) -> bytes | None:
         buffer = self._buffer
         start = self._offset + FRAME_HEADER

@@ -11,6 +11,7 @@ next deadline.
 
 from __future__ import annotations
 
+import socket
 from typing import Callable, Protocol as TypingProtocol
 
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
@@ -199,10 +200,11 @@ class LinkAdapter:
         if deadline is None:
             self._cancel_timer()
             return
-        if self._timer is not None and self._timer.active():
-            if abs(self._timer.getTime() - deadline) < 1e-6:
-                return
-            self._timer.cancel()
+        timer = self._timer
+        if timer is not None and timer.active():
+            if abs(timer.getTime() - deadline) >= 1e-6:
+                timer.reset(max(0.0, deadline - self.reactor.seconds()))  # cheaper than cancel and callLater
+            return
         self._timer = self.reactor.callLater(max(0.0, deadline - self.reactor.seconds()), self._fire)
 
     def _fire(self) -> None:
@@ -268,9 +270,18 @@ class StreamLinkProtocol(LinkAdapter, Protocol):
     def __init__(self, reactor, owner: LinkOwner, make: Callable[[float], LinkConnection], tls: bool) -> None:
         LinkAdapter.__init__(self, reactor, owner, make)
         self._tls = tls
+        self._socket: socket.socket | None = None
 
     def connectionMade(self) -> None:
-        self.peer_address = self.transport.getPeer()
+        if self.peer_address is None:  # the hub passes the address it was given
+            self.peer_address = self.transport.getPeer()
+        if not self._tls:
+            # The handshake's few small writes go straight to the socket while
+            # every earlier one went whole (see _write_units).
+            handle = getattr(self.transport, "getHandle", None)
+            sock = handle() if handle is not None else None
+            if isinstance(sock, socket.socket) and sock.gettimeout() == 0.0:
+                self._socket = sock
         # Records are already batched per flush; Nagle would only add delay.
         no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if no_delay is not None:
@@ -300,9 +311,32 @@ class StreamLinkProtocol(LinkAdapter, Protocol):
         self._lost(reason)
 
     def _write_units(self, units: list[bytes]) -> None:
-        self.transport.write(units[0] if len(units) == 1 else b"".join(units))
+        data = units[0] if len(units) == 1 else b"".join(units)
+        sock = self._socket
+        if sock is not None:
+            # Until the link is ACTIVE (its last write included), a write is one
+            # send() when the kernel takes it whole, as it does the handshake's
+            # few hundred bytes: the transport's buffer is empty then, because
+            # nothing was ever given to it, so the order holds. Twisted's own
+            # write would register for writability and send on the next turn of
+            # the loop. Whatever the kernel does not take (or an error) goes to
+            # the transport, and from then on everything does.
+            conn = self.conn
+            if conn is None or conn.state is not State.HANDSHAKE:
+                self._socket = None
+            if not self.transport.disconnecting:
+                try:
+                    sent = sock.send(data)
+                except OSError:  # would block, or the peer is gone: the transport finds out itself
+                    sent = 0
+                if sent == len(data):
+                    return
+                self._socket = None
+                data = data[sent:]
+        self.transport.write(data)
 
     def _drop(self) -> None:
+        self._socket = None
         self.transport.loseConnection()
 
     def abort(self) -> None:

@@ -135,6 +135,7 @@ class LinkHub:
             adapter: LinkAdapter = WebSocketLinkProtocol(self.reactor, self, make)
         else:
             adapter = StreamLinkProtocol(self.reactor, self, make, tls=carrier is Carrier.TLS_STREAM)
+            adapter.peer_address = address  # what transport.getPeer() would say, already made
         self.adapters.add(adapter)
         self._ip_of[adapter] = ip
         self._per_ip[ip] = self._per_ip.get(ip, 0) + 1

@@ -332,10 +332,9 @@ class LinkConnection:
         self._idle_check_at = now + settings.idle_after
         self._idle_probe = False
 
-        self._buckets = {
-            "messages": TokenBucket(settings.messages, now),
-            "pex": TokenBucket(settings.pex, now),
-        }
+        # The rate limits' buckets are made when the link becomes ACTIVE (a bucket
+        # starts full, and nothing takes from it before then).
+        self._buckets: dict[str, TokenBucket] = {}
 
     # -- lifecycle inputs ----------------------------------------------------
 
@@ -372,9 +371,16 @@ class LinkConnection:
         if self.state in (State.CLOSING, State.CLOSED):
             return []
         self.stats.bytes_in += len(data)
-        assert self._reader is not None
+        reader = self._reader
+        assert reader is not None
+        record = reader.whole(data)
+        if record is not None:  # the common case in a handshake: one read, one record
+            events = self._record(record, now)
+            if self._run:
+                events += self._end_run(now)
+            return events
         try:
-            self._reader.receive_data(data)
+            reader.receive_data(data)
         except NoiseError as error:
             return self._close(ErrorCode.FRAME_TOO_LARGE if error.reason == "bad_length" else ErrorCode.PROTOCOL_ERROR,
                                f"bad record length ({error.reason})", by_peer=False)
@@ -666,6 +672,8 @@ class LinkConnection:
 
     def _activate(self, now: float, token: bytes, resumed: bool = False) -> list[Event]:
         self.state = State.ACTIVE
+        settings = self.settings
+        self._buckets = {"messages": TokenBucket(settings.messages, now), "pex": TokenBucket(settings.pex, now)}
         # From here on (AUTH_OK and everything after) records go out padded, if both offered PADDING.
         self._padded = bool(self.capabilities & _PADDING_BIT)
         if self._window != INITIAL_WINDOW:
@@ -944,7 +952,9 @@ class LinkConnection:
     def _queue(self, frame: frames.Frame, priority: Priority) -> None:
         encoded = frames.encode(frame)
         self._queues[priority].append(_LENGTH(len(encoded)) + encoded)
-        self.stats.count(self.stats.frames_out, frames.type_name(frame))
+        frames_out = self.stats.frames_out
+        name = frames.type_name(frame)
+        frames_out[name] = frames_out.get(name, 0) + 1
 
     def pending(self) -> bool:
         return bool(self._raw_out) or any(self._queues)
@@ -953,9 +963,16 @@ class LinkConnection:
         """Wire units to write now: one joined chunk for a stream carrier, messages for WebSocket."""
         if self._backlog:
             self._release_backlog(now)
+        allowed = self._reported_consumed + self._reported_window
+        if allowed > self._allowed_total:
+            self._allowed_total = allowed
         units = self._raw_out
-        self._raw_out = []
-        self._allowed_total = max(self._allowed_total, self._reported_consumed + self._reported_window)
+        if not units:
+            queues = self._queues
+            if not (queues[0] or queues[1] or queues[2] or queues[3]):
+                return []  # nothing to write
+        else:
+            self._raw_out = []
         if self._send_cipher is None and not (self.carrier is Carrier.TLS_STREAM and self._binding is not None):
             if self._reader is not None and units:
                 units = [b"".join(noise_frame(u) for u in units)]
