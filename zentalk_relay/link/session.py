@@ -218,6 +218,20 @@ def rtt_class(seconds: float) -> str:
 class LinkConnection:
     """The sans-IO core of one link, either side."""
 
+    # Slots for the attributes it sets (faster to make and to use); "__dict__" keeps
+    # an instance open to others, e.g. a test wrapping its pull().
+    __slots__ = ("__dict__", "_accept_roles", "_allowed_total", "_auth_ok_seen", "_backlog", "_batch_sends", "_binding",
+                 "_buckets", "_challenge_answered", "_created", "_deadline_connect", "_deadline_handshake",
+                 "_ephemeral", "_expected_peer_id", "_handshaking", "_hello_done", "_idle_check_at",
+                 "_idle_probe", "_key", "_make_token", "_missed_pongs", "_next_ping", "_noise",
+                 "_our_challenge", "_padded", "_paused_until", "_peer_consumed", "_peer_verified",
+                 "_peer_window", "_ping_out", "_ping_sequence", "_queues", "_raw_out", "_reader",
+                 "_received_flow", "_recv_cipher", "_refuse", "_replay_check", "_reported_consumed",
+                 "_reported_window", "_responder", "_resume", "_resume_check", "_resume_token",
+                 "_resume_tried", "_rng", "_run", "_send_cipher", "_sent_flow", "_window", "capabilities",
+                 "carrier", "close_code", "features", "idle", "initiator", "last_rtt", "peer_features",
+                 "peer_id", "peer_role", "role", "settings", "state", "stats", "version")
+
     def __init__(
         self,
         *,
@@ -879,7 +893,12 @@ class LinkConnection:
             # an active link between PINGs (after every input): the next PING or the idle check
             ping, idle = self._next_ping, self._idle_check_at
             return idle if ping is None or idle < ping else ping
-        candidates = [self._deadline_connect, self._deadline_handshake]
+        connect, handshake = self._deadline_connect, self._deadline_handshake
+        if self.state is not State.ACTIVE:  # before ACTIVE only these two count
+            if connect is None or (handshake is not None and handshake < connect):
+                return handshake
+            return connect
+        candidates = [connect, handshake]
         if self.state is State.ACTIVE:
             candidates.append(self._next_ping)
             if self._ping_out is not None:
