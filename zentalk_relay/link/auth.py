@@ -13,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import struct
 
+from nacl.bindings import crypto_sign, crypto_sign_open
 from nacl.exceptions import BadSignatureError, ValueError as NaclValueError
-from nacl.signing import SigningKey, VerifyKey
+from nacl.signing import SigningKey
 
 from .frames import AuthResponse, ErrorCode, FrameError
 
@@ -25,13 +26,32 @@ INITIATOR = b"\x01"
 RESPONDER = b"\x02"
 
 
+_TIMESTAMP = struct.Struct("!Q").pack
+#: SigningKey -> (its 64-byte libsodium secret key, its public key); a node signs with one or two keys.
+_SECRETS: dict[int, tuple[SigningKey, bytes, bytes]] = {}
+
+
 def signed_bytes(side: bytes, challenge: bytes, timestamp_ms: int, binding: bytes) -> bytes:
-    return CONTEXT + side + challenge + struct.pack("!Q", timestamp_ms) + binding
+    return b"".join((CONTEXT, side, challenge, _TIMESTAMP(timestamp_ms), binding))
+
+
+def _secret(key: SigningKey) -> tuple[bytes, bytes]:
+    """libsodium's secret key (seed ‖ public key) and the public key, kept per key object."""
+    found = _SECRETS.get(id(key))
+    if found is None or found[0] is not key:
+        if len(_SECRETS) >= 16:
+            _SECRETS.clear()
+        public = bytes(key.verify_key)
+        found = _SECRETS[id(key)] = (key, bytes(key) + public, public)
+    return found[1], found[2]
 
 
 def respond(key: SigningKey, side: bytes, challenge: bytes, now_ms: int, binding: bytes) -> AuthResponse:
-    signature = key.sign(signed_bytes(side, challenge, now_ms, binding)).signature
-    return AuthResponse(bytes(key.verify_key), now_ms, signature)
+    # libsodium's binding directly: the same signature as key.sign(...).signature, without
+    # the SignedMessage and encoder around it.
+    secret, public = _secret(key)
+    signature = crypto_sign(signed_bytes(side, challenge, now_ms, binding), secret)[:64]
+    return AuthResponse(public, now_ms, signature)
 
 
 def verify(response: AuthResponse, side: bytes, challenge: bytes, now_ms: int, binding: bytes,
@@ -42,9 +62,12 @@ def verify(response: AuthResponse, side: bytes, challenge: bytes, now_ms: int, b
         raise FrameError(ErrorCode.AUTH_WRONG_IDENTITY, "the peer is not the node it was expected to be")
     if abs(now_ms - response.timestamp_ms) > FRESHNESS_MS:
         raise FrameError(ErrorCode.AUTH_STALE_TIMESTAMP, "the response's timestamp is not within 60 s")
+    signature = response.signature
     try:
-        VerifyKey(response.public_key).verify(
-            signed_bytes(side, challenge, response.timestamp_ms, binding), response.signature)
+        if len(signature) != 64 or len(response.public_key) != 32:
+            raise BadSignatureError  # what VerifyKey(...).verify(...) would refuse
+        crypto_sign_open(signature + signed_bytes(side, challenge, response.timestamp_ms, binding),
+                         response.public_key)
     except (BadSignatureError, NaclValueError):
         raise FrameError(ErrorCode.AUTH_BAD_SIGNATURE, "the signature does not verify") from None
     return node_id

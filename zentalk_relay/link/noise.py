@@ -170,6 +170,7 @@ def _dh(private: bytes, public: bytes) -> bytes:
 _IPAD = bytes(byte ^ 0x36 for byte in range(256))  # HMAC's pads, as translation tables
 _OPAD = bytes(byte ^ 0x5C for byte in range(256))
 _BLOCK = 64  # SHA-256's block size
+_KEY_FILL = bytes(_BLOCK - HASHLEN)  # a 32-byte key's zeros to the block
 
 
 def _hmac_pads(key: bytes) -> tuple[bytes, bytes]:
@@ -187,9 +188,10 @@ def _hkdf(chaining_key: bytes, input_key_material: bytes, outputs: int) -> tuple
     the chaining key and HMAC outputs, 32 bytes each.
     """
     sha256 = hashlib.sha256
-    inner, outer = _hmac_pads(chaining_key)
-    temp_key = sha256(outer + sha256(inner + input_key_material).digest()).digest()
-    inner, outer = _hmac_pads(temp_key)
+    block = chaining_key + _KEY_FILL
+    temp_key = sha256(block.translate(_OPAD) + sha256(block.translate(_IPAD) + input_key_material).digest()).digest()
+    block = temp_key + _KEY_FILL
+    inner, outer = block.translate(_IPAD), block.translate(_OPAD)
     output1 = sha256(outer + sha256(inner + b"\x01").digest()).digest()
     output2 = sha256(outer + sha256(inner + output1 + b"\x02").digest()).digest()
     if outputs == 2:

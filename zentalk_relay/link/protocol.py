@@ -282,6 +282,15 @@ class StreamLinkProtocol(LinkAdapter, Protocol):
             sock = handle() if handle is not None else None
             if isinstance(sock, socket.socket) and sock.gettimeout() == 0.0:
                 self._socket = sock
+        if self._socket is None:
+            self._no_delay()
+        # else at the end of the direct writes: each of them answers the peer's
+        # message, which acknowledged everything sent before, so Nagle holds none
+        # of them back, and a link closed in its handshake saves the system call.
+        self.transport.registerProducer(self, True)
+        self._started()
+
+    def _no_delay(self) -> None:
         # Records are already batched per flush; Nagle would only add delay.
         no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if no_delay is not None:
@@ -289,8 +298,6 @@ class StreamLinkProtocol(LinkAdapter, Protocol):
                 no_delay(True)
             except OSError:
                 pass
-        self.transport.registerProducer(self, True)
-        self._started()
 
     def handshakeCompleted(self) -> None:
         """TLS is up: check ALPN and bind authentication to this session."""
@@ -322,17 +329,19 @@ class StreamLinkProtocol(LinkAdapter, Protocol):
             # the loop. Whatever the kernel does not take (or an error) goes to
             # the transport, and from then on everything does.
             conn = self.conn
-            if conn is None or conn.state is not State.HANDSHAKE:
-                self._socket = None
+            last = conn is None or conn.state is not State.HANDSHAKE
+            sent = 0
             if not self.transport.disconnecting:
                 try:
                     sent = sock.send(data)
                 except OSError:  # would block, or the peer is gone: the transport finds out itself
                     sent = 0
-                if sent == len(data):
-                    return
+            if last or sent != len(data):
                 self._socket = None
-                data = data[sent:]
+                self._no_delay()
+            if sent == len(data):
+                return
+            data = data[sent:]
         self.transport.write(data)
 
     def _drop(self) -> None:

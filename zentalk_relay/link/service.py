@@ -120,17 +120,7 @@ class LinkHub:
             self.refusals[refusal[0].label] = self.refusals.get(refusal[0].label, 0) + 1
             log.debug("refusing a link: {reason}", reason=refusal[0].label)
 
-        accept = (Role.CLIENT, Role.RELAY) if self.config.accept_relays else (Role.CLIENT,)
-
-        def make(now: float) -> LinkConnection:
-            return LinkConnection(
-                initiator=False, role=Role.RELAY, signing_key=self.identity.signing_key, carrier=carrier,
-                settings=self.settings, now=now, stats=self.stats,
-                static_private=self._link_private, static_public=self.identity.link_public, accept_roles=accept,
-                replay_check=self._fresh_handshake, refuse=refusal, resume_check=self._resume,
-                batch_sends=True,
-            )
-
+        make = _Responder(self, carrier, refusal)
         if carrier is Carrier.NOISE_MESSAGES:
             adapter: LinkAdapter = WebSocketLinkProtocol(self.reactor, self, make)
         else:
@@ -249,6 +239,33 @@ class LinkHub:
         for done in waiting:
             if not done.called:
                 done.callback(None)
+
+
+class _Responder:
+    """Makes the relay's side of one link when its transport is up (no closure per connection)."""
+
+    __slots__ = ("_hub", "_carrier", "_refusal")
+
+    def __init__(self, hub: LinkHub, carrier: Carrier, refusal: tuple[ErrorCode, str] | None) -> None:
+        self._hub = hub
+        self._carrier = carrier
+        self._refusal = refusal
+
+    def __call__(self, now: float) -> LinkConnection:
+        hub = self._hub
+        identity = hub.identity
+        return LinkConnection(
+            initiator=False, role=Role.RELAY, signing_key=identity.signing_key, carrier=self._carrier,
+            settings=hub.settings, now=now, stats=hub.stats,
+            static_private=hub._link_private, static_public=identity.link_public,
+            accept_roles=_ACCEPT_ALL if hub.config.accept_relays else _ACCEPT_CLIENTS,
+            replay_check=hub._fresh_handshake, refuse=self._refusal, resume_check=hub._resume,
+            batch_sends=True,
+        )
+
+
+_ACCEPT_ALL = (Role.CLIENT, Role.RELAY)
+_ACCEPT_CLIENTS = (Role.CLIENT,)
 
 
 class _LinkFactory(Factory):
