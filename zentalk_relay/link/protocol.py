@@ -79,6 +79,7 @@ class LinkAdapter:
         self._make = make
         self.conn: LinkConnection | None = None
         self._timer = None
+        self._armed_for: float | None = None  # the deadline the timer was armed for
         self._paused = False
         self._closing = False
         self._gone = False
@@ -202,9 +203,11 @@ class LinkAdapter:
             return
         timer = self._timer
         if timer is not None and timer.active():
-            if abs(timer.getTime() - deadline) >= 1e-6:
+            if deadline != self._armed_for:  # most inputs leave the deadline as it was
                 timer.reset(max(0.0, deadline - self.reactor.seconds()))  # cheaper than cancel and callLater
+                self._armed_for = deadline
             return
+        self._armed_for = deadline
         self._timer = self.reactor.callLater(max(0.0, deadline - self.reactor.seconds()), self._fire)
 
     def _fire(self) -> None:
