@@ -441,10 +441,12 @@ class LinkConnection:
         if self._batch_sends and self.state is State.ACTIVE:
             return self._active_record(plaintext, now)
         events: list[Event] = []
+        frames_in = self.stats.frames_in
         try:
             for raw in frames.split_record(plaintext):
                 frame = frames.decode(raw)
-                self.stats.count(self.stats.frames_in, frames.type_name(frame))
+                name = frames.type_name(frame)
+                frames_in[name] = frames_in.get(name, 0) + 1
                 events += self._frame(frame, now)
                 if self.state in (State.CLOSING, State.CLOSED):
                     break
