@@ -173,12 +173,6 @@ _BLOCK = 64  # SHA-256's block size
 _KEY_FILL = bytes(_BLOCK - HASHLEN)  # a 32-byte key's zeros to the block
 
 
-def _hmac_pads(key: bytes) -> tuple[bytes, bytes]:
-    """HMAC-SHA256's inner and outer key blocks for a key of at most one block (RFC 2104)."""
-    block = key + bytes(_BLOCK - len(key))
-    return block.translate(_IPAD), block.translate(_OPAD)
-
-
 def _hkdf(chaining_key: bytes, input_key_material: bytes, outputs: int) -> tuple[bytes, ...]:
     """HKDF of section 4.3, with HMAC-SHA256.
 
