@@ -200,4 +200,22 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return run(sys.executable, "-m", "zentalk_relay.cli", *args)
 
 
-__all__ = ["LOOPBACK_ARGS", "NodeProcess", "cli", "metric", "program", "run"]
+def free_port_range(count: int) -> int:
+    """A base port whose 10 * count ports (TCP and UDP) are free on loopback now: room for a testnet."""
+    import random
+    import socket
+
+    for _ in range(50):
+        base = random.randrange(20000, 60000, 10)
+        try:
+            for port in range(base, base + 10 * count):
+                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                    with socket.socket(socket.AF_INET, kind) as probe:
+                        probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free port range")
+
+
+__all__ = ["LOOPBACK_ARGS", "NodeProcess", "cli", "free_port_range", "metric", "program", "run"]

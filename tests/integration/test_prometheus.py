@@ -19,7 +19,6 @@ import hashlib
 import json
 import math
 import os
-import random
 import re
 import select
 import shutil
@@ -45,7 +44,7 @@ from zentalk_relay import bootstrap
 from zentalk_relay.client import LinkClosed, connect
 from zentalk_relay.link.frames import ErrorCode, Onion, ReceiptStatus
 
-from .conftest import CHECKOUT_ENV, ROOT, NodeProcess, cli, run
+from .conftest import CHECKOUT_ENV, ROOT, NodeProcess, cli, free_port_range, run
 
 pytestmark = pytest.mark.integration
 
@@ -275,7 +274,7 @@ class _Testnet:
     """``zentalk-relay testnet --nodes 3`` as an operator runs it, with ``--set`` for the test's settings."""
 
     def __init__(self, directory: Path, settings: tuple[str, ...]) -> None:
-        self.base = _free_base(3)
+        self.base = free_port_range(3)
         self.dht_port = self.base + 3
         command = [sys.executable, "-m", "zentalk_relay.cli", "testnet", "--nodes", "3", "--dir", str(directory),
                    "--base-port", str(self.base), "--duration", "600"]
@@ -305,21 +304,6 @@ class _Testnet:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-
-
-def _free_base(count: int) -> int:
-    """A base port whose 10 * count ports are free on loopback now (TCP and UDP)."""
-    for _ in range(50):
-        base = random.randrange(20000, 60000, 10)
-        try:
-            for port in range(base, base + 10 * count):
-                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-                    with socket.socket(socket.AF_INET, kind) as probe:
-                        probe.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free port range")
 
 
 async def until(check, what: str, timeout: float = BOUND):

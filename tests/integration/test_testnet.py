@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import selectors
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,25 +13,10 @@ import urllib.request
 
 import pytest
 
-from .conftest import CHECKOUT_ENV, cli
+from .conftest import CHECKOUT_ENV, cli, free_port_range
 
 pytestmark = pytest.mark.integration
 BOUND = 40.0
-
-
-def _free_base(count: int) -> int:
-    """A base port whose 10 * count ports are free on loopback now (TCP and UDP)."""
-    for _ in range(50):
-        base = random.randrange(20000, 60000, 10)
-        try:
-            for port in range(base, base + 10 * count):
-                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-                    with socket.socket(socket.AF_INET, kind) as probe:
-                        probe.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free port range")
 
 
 def _read_until(process: subprocess.Popen, marker: str, timeout: float) -> str:
@@ -59,7 +42,7 @@ def _status(port: int) -> dict:
 
 
 def test_the_testnet_meets_through_the_dht_and_stops_on_ctrl_c(tmp_path):
-    base = _free_base(3)
+    base = free_port_range(3)
     process = subprocess.Popen(
         [sys.executable, "-m", "zentalk_relay.cli", "testnet", "--nodes", "3", "--dir", str(tmp_path / "net"),
          "--base-port", str(base), "--duration", "120"],
