@@ -25,6 +25,15 @@ its last stdout line. Modes:
 ``bare``   no crypto: two plain TCP connections to bare_forwarder.py; a frame is
            ``length u32 ‖ body`` (the body starts with the sequence number).
 
+``--padding on`` (link modes): the links offer capability PADDING, as the
+reference client does, so the node pads every record it writes after the
+handshake to a bucket size (zentalk_relay/link/padding.py). The driver pads
+its own records too: ``conn`` and ``client`` through LinkConnection, ``lean``
+with ``padding.pad`` on each record it seals; every mode drops the node's
+PADDING frames. ``off`` (the default): no capabilities offered, nothing padded.
+The bytes each link's socket sent and received are counted (not in ``client``
+mode), per phase over its measured interval and over the whole run.
+
 In every mode the sender keeps at most ``--window`` messages outstanding
 (sent, not yet delivered to the receiver). Phases run one after another on
 the same links: ``peak`` is closed loop (always ``window`` outstanding);
@@ -64,6 +73,8 @@ CONN_RECV_BYTES = 65536
 ACK_BATCH = 256  # as zentalk_relay.client.link: ACK at once at this many ids ...
 ACK_DELAY = 0.05  # ... or this long after the first unacknowledged DELIVER
 MAX_ACK_IDS = 1024  # ids in one ACK frame
+#: ... when padded: 3 + 1020 x 16 bytes and the length still fit one 16 KiB bucket (1024 ids would take 32 KiB)
+MAX_ACK_IDS_PADDED = 1020
 OUTBUF_HIGH = 262144  # stop generating while this much is unsent
 DRAIN_S = 10.0
 
@@ -94,6 +105,7 @@ class Phase:
         self.cpus = None
         self.foreign_cpu = None
         self.kernel_cpu = None
+        self.bytes = None  # socket bytes over the measured interval, by link and direction
 
     def result(self) -> dict:
         lat = sorted(self.latencies)
@@ -108,6 +120,7 @@ class Phase:
             "gen_cpu": self.gen_cpu, "srv_cpu": self.srv_cpu, "cpus": self.cpus,
             "foreign_cpu": self.foreign_cpu, "kernel_cpu": self.kernel_cpu,
             "behind_s": round(self.behind, 4),
+            "bytes": self.bytes,
         }
 
 
@@ -148,6 +161,10 @@ class Driver:
     def pending_out(self) -> int: ...
     def close(self) -> None: ...
 
+    def byte_counts(self) -> dict | None:
+        """Bytes the sockets sent and received so far: sender_out, sender_in, receiver_out, receiver_in."""
+        return None
+
     def tick(self, now: float) -> None:
         """Called on every turn of the loop (time-based work such as batched ACKs)."""
 
@@ -186,7 +203,7 @@ class Driver:
         return {
             "mode": args.mode, "window": args.window, "size": args.size, "phases": results,
             "sent": self.sent, "delivered": self.delivered, "receipts": self.receipts, "refused": self.refused,
-            "out_of_order": self.out_of_order, "errors": self.errors,
+            "out_of_order": self.out_of_order, "errors": self.errors, "bytes": self.byte_counts(),
         }
 
     def run_phase(self, phase: Phase, deadline_all: float) -> None:
@@ -217,6 +234,7 @@ class Driver:
                     cpu0, srv0 = time.process_time(), cpu_of(self.server_pid)
                     stat0 = linkbench.cpu_stat()
                     procs0 = linkbench.all_cpu()
+                    bytes0 = self.byte_counts()
                 if now >= self.m_end:
                     break
                 if time.monotonic() > deadline_all:
@@ -269,6 +287,9 @@ class Driver:
                     procs0, procs1, {os.getpid(), self.server_pid}) / wall, 3)
                 phase.kernel_cpu = round(linkbench.kernel_cpu(procs0, procs1) / wall, 3)
                 phase.gen_cpu = round((cpu1 - cpu0) / wall, 3)
+                bytes1 = self.byte_counts()
+                if bytes0 is not None and bytes1 is not None:
+                    phase.bytes = {key: bytes1[key] - bytes0[key] for key in bytes1}
                 if srv0 is not None and srv1 is not None:
                     phase.srv_cpu = round((srv1 - srv0) / wall, 3)
             if rate is not None:
@@ -295,8 +316,10 @@ class Driver:
 # -- zentalk links -----------------------------------------------------------------------
 
 
-def handshake(host: str, port: int, bootstrap, settings, timeout: float = 10.0):
-    """A blocking TCP connect and a full link handshake; returns (socket, LinkConnection)."""
+def handshake(host: str, port: int, bootstrap, settings, timeout: float = 10.0, counts: list | None = None):
+    """A blocking TCP connect and a full link handshake; returns (socket, LinkConnection, our node id).
+
+    ``counts``, if given, gets the bytes sent and received added to its items 0 and 1."""
     from nacl.signing import SigningKey
 
     from zentalk_relay.link.frames import Role
@@ -311,17 +334,21 @@ def handshake(host: str, port: int, bootstrap, settings, timeout: float = 10.0):
     sock = socket.create_connection((host, port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     deadline = time.monotonic() + timeout
+    counts = counts if counts is not None else [0, 0]
     conn.connection_made(time.time())
     for unit in conn.pull(time.time()):
         sock.sendall(unit)
+        counts[0] += len(unit)
     while True:
         sock.settimeout(max(0.01, deadline - time.monotonic()))
         data = sock.recv(65536)
         if not data:
             raise DriverError("the node closed the link during the handshake")
+        counts[1] += len(data)
         events = conn.receive_data(data, time.time())
         for unit in conn.pull(time.time()):
             sock.sendall(unit)
+            counts[0] += len(unit)
         for event in events:
             if isinstance(event, Closing):
                 raise DriverError(f"handshake refused: {event.code.label}: {event.reason}")
@@ -333,14 +360,28 @@ def handshake(host: str, port: int, bootstrap, settings, timeout: float = 10.0):
 
 
 def link_settings(args):
+    """What the driver's links offer: capability PADDING with ``--padding on`` (as the reference client), else none."""
     from zentalk_relay.link.session import LinkSettings
     from zentalk_relay.ratelimit import Rate
 
-    return LinkSettings(window_initial=args.window_initial, messages=Rate(100000000, 60.0, 1000000))
+    capabilities = 0
+    if getattr(args, "padding", "off") == "on":
+        from zentalk_relay.link.frames import Capability, capability_mask
+
+        capabilities = capability_mask(Capability.PADDING)
+    return LinkSettings(window_initial=args.window_initial, messages=Rate(100000000, 60.0, 1000000),
+                        capabilities=capabilities)
+
+
+def padding_negotiated(conn) -> bool:
+    """Whether both ends of an authenticated LinkConnection offered PADDING (so both pad)."""
+    from zentalk_relay.link.frames import Capability
+
+    return bool(conn.capabilities & (1 << Capability.PADDING))
 
 
 class _Side:
-    __slots__ = ("sock", "out", "inbuf", "enc", "dec", "conn")
+    __slots__ = ("sock", "out", "inbuf", "enc", "dec", "conn", "sent", "received")
 
     def __init__(self, sock, conn=None) -> None:
         self.sock = sock
@@ -348,6 +389,7 @@ class _Side:
         self.inbuf = bytearray()
         self.conn = conn
         self.enc = self.dec = None
+        self.sent = self.received = 0  # socket bytes, after the handshake
 
 
 class LeanDriver(Driver):
@@ -360,9 +402,20 @@ class LeanDriver(Driver):
         args = self.args
         bootstrap = parse(args.bootstrap)
         settings = link_settings(args)
-        ssock, sconn, _ = handshake(args.host, args.port, bootstrap, settings)
-        rsock, rconn, self.recipient = handshake(args.host, args.port, bootstrap, settings)
+        self.handshake_bytes = {"sender": [0, 0], "receiver": [0, 0]}
+        ssock, sconn, _ = handshake(args.host, args.port, bootstrap, settings, counts=self.handshake_bytes["sender"])
+        rsock, rconn, self.recipient = handshake(args.host, args.port, bootstrap, settings,
+                                                 counts=self.handshake_bytes["receiver"])
         self.s, self.r = _Side(ssock, sconn), _Side(rsock, rconn)
+        # PADDING on both links (both sides offered it): the node pads what it writes, and so do we
+        self.padded = padding_negotiated(sconn) and padding_negotiated(rconn)
+        if self.padded:
+            from zentalk_relay.link.padding import pad
+
+            self.pad = pad
+        else:
+            self.pad = None
+        self.max_ack_ids = MAX_ACK_IDS_PADDED if self.padded else MAX_ACK_IDS
         self.record_target = session.RECORD_TARGET
         for side in (self.s, self.r):
             conn = side.conn
@@ -395,6 +448,7 @@ class LeanDriver(Driver):
         self.to_ack: list[bytes] = []
         self.ack_since = 0.0
         self.acks_sent = 0
+        self.acked_ids = 0
 
     def sockets(self):
         return [self.s.sock, self.r.sock]
@@ -407,11 +461,18 @@ class LeanDriver(Driver):
     def pending_out(self) -> int:
         return len(self.s.out) + len(self.r.out)
 
+    def byte_counts(self) -> dict:
+        return {"sender_out": self.s.sent, "sender_in": self.s.received,
+                "receiver_out": self.r.sent, "receiver_in": self.r.received}
+
     def generate(self, count: int, now: float, stamps) -> int:
         times, mask = self.times, self.mask
         head, tail = self.frame_head, self.frame_tail
         pack = U64.pack
         encrypt = self.s.enc.encrypt
+        if self.pad is not None:
+            cipher, pad = self.s.enc, self.pad
+            encrypt = lambda plaintext: cipher.encrypt(pad(plaintext))  # noqa: E731 - one call per record
         per = self.per_record
         out = self.s.out
         seq = self.sent
@@ -456,15 +517,22 @@ class LeanDriver(Driver):
                 except OSError as error:
                     self.errors.append(f"send: {error}")
                     return
+                side.sent += n
                 del side.out[:n]
+
+    def _seal(self, side: _Side, plaintext: bytes) -> None:
+        """One record (padded when negotiated) onto a side's output."""
+        if self.pad is not None:
+            plaintext = self.pad(plaintext)
+        ct = side.enc.encrypt(plaintext)
+        side.out += U16.pack(len(ct))
+        side.out += ct
 
     def _queue_control(self, side: _Side, frame) -> None:
         from zentalk_relay.link import frames
 
         raw = frames.encode(frame)
-        ct = side.enc.encrypt(U16.pack(len(raw)) + raw)
-        side.out += U16.pack(len(ct))
-        side.out += ct
+        self._seal(side, U16.pack(len(raw)) + raw)
 
     def readable(self, sock, now: float) -> None:
         side = self.s if sock is self.s.sock else self.r
@@ -481,6 +549,7 @@ class LeanDriver(Driver):
                 self.errors.append("the node closed a link")
                 return
             buf += data
+            side.received += len(data)
             if len(data) < RECV_BYTES:
                 break
         decrypt = side.dec.decrypt
@@ -521,6 +590,8 @@ class LeanDriver(Driver):
                     self.receipts += 1
                     if pt[p + 3 + 16] != 0:
                         self.refused += 1
+                elif kind == 0x7F:  # PADDING: filler at the record's end, skipped by its length
+                    pass
                 else:
                     self._control(side, pt[p + 2: p + 2 + flen], now)
                 p += 2 + flen
@@ -545,13 +616,13 @@ class LeanDriver(Driver):
 
     def _send_acks(self) -> None:
         ids, self.to_ack = self.to_ack, []
-        for start in range(0, len(ids), MAX_ACK_IDS):
-            chunk = ids[start:start + MAX_ACK_IDS]
+        step = self.max_ack_ids
+        for start in range(0, len(ids), step):
+            chunk = ids[start:start + step]
             raw = b"\x35" + U16.pack(len(chunk)) + b"".join(chunk)
-            ct = self.r.enc.encrypt(U16.pack(len(raw)) + raw)
-            self.r.out += U16.pack(len(ct))
-            self.r.out += ct
+            self._seal(self.r, U16.pack(len(raw)) + raw)
             self.acks_sent += 1
+            self.acked_ids += len(chunk)
 
     def _control(self, side: _Side, raw: bytes, now: float) -> None:
         from zentalk_relay.link import frames
@@ -581,7 +652,8 @@ class LeanDriver(Driver):
     def run(self) -> dict:
         result = super().run()
         result.update(flow_control_frames=self.flow_control_frames, pings=self.pings,
-                      frames_per_record=self.per_record, ack_frames=self.acks_sent)
+                      frames_per_record=self.per_record, ack_frames=self.acks_sent, acked_ids=self.acked_ids,
+                      padding=self.args.padding, padded=self.padded, handshake_bytes=self.handshake_bytes)
         return result
 
 
@@ -607,9 +679,11 @@ class ConnDriver(LeanDriver):
 
         ids, self.to_ack = self.to_ack, []
         conn = self.r.conn
-        for start in range(0, len(ids), MAX_ACK_IDS):
-            conn.send(Ack(tuple(ids[start:start + MAX_ACK_IDS])), time.time())
+        step = self.max_ack_ids
+        for start in range(0, len(ids), step):
+            conn.send(Ack(tuple(ids[start:start + step])), time.time())
             self.acks_sent += 1
+            self.acked_ids += len(ids[start:start + step])
         for unit in conn.pull(time.time()):
             self.r.out += unit
 
@@ -656,6 +730,7 @@ class ConnDriver(LeanDriver):
             if not data:
                 self.errors.append("the node closed a link")
                 return
+            side.received += len(data)
             self._events(side, side.conn.receive_data(data, time.time()), now)
             if len(data) < CONN_RECV_BYTES:
                 break
@@ -686,7 +761,8 @@ class ConnDriver(LeanDriver):
 
     def run(self) -> dict:
         result = Driver.run(self)
-        result.update(frames_per_record="pull()", ack_frames=self.acks_sent)
+        result.update(frames_per_record="pull()", ack_frames=self.acks_sent, acked_ids=self.acked_ids,
+                      padding=self.args.padding, padded=self.padded, handshake_bytes=self.handshake_bytes)
         return result
 
 
@@ -707,9 +783,14 @@ class BareDriver(Driver):
         self.inbuf = bytearray()
         self.head = U32.pack(8 + len(self.body))
         self.frame_len = 4 + 8 + len(self.body)
+        self.sender_out = self.sender_in = self.receiver_in = 0
 
     def sockets(self):
         return [self.ssock, self.rsock]
+
+    def byte_counts(self) -> dict:
+        return {"sender_out": self.sender_out, "sender_in": self.sender_in,
+                "receiver_out": 0, "receiver_in": self.receiver_in}
 
     def credit(self, now: float) -> int:
         return 1 << 30
@@ -745,6 +826,7 @@ class BareDriver(Driver):
         except OSError as error:
             self.errors.append(f"send: {error}")
             return
+        self.sender_out += n
         del self.out[:n]
 
     def readable(self, sock, now: float) -> None:
@@ -755,6 +837,7 @@ class BareDriver(Driver):
                 return
             if not data:
                 self.errors.append("the forwarder closed the sender's connection")
+            self.sender_in += len(data)
             return
         buf = self.inbuf
         for _ in range(8):
@@ -769,6 +852,7 @@ class BareDriver(Driver):
                 self.errors.append("the forwarder closed the receiver's connection")
                 return
             buf += data
+            self.receiver_in += len(data)
             if len(data) < RECV_BYTES:
                 break
         n = len(buf)
@@ -821,7 +905,7 @@ def run_client(args) -> dict:
     bootstrap = parse(args.bootstrap)
     settings = link_settings(args)
     body = os.urandom(args.size)
-    out: dict = {"mode": "client", "window": args.window, "size": args.size, "errors": []}
+    out: dict = {"mode": "client", "window": args.window, "size": args.size, "errors": [], "padding": args.padding}
     phase = Phase("peak", None, args.warmup, args.duration)
 
     async def main():
@@ -911,6 +995,9 @@ def parse_args(argv):
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each phase")
     p.add_argument("--frames-per-record", type=int, default=0,
                    help="lean mode: SEND frames per record (default: fill RECORD_TARGET like pull())")
+    p.add_argument("--padding", choices=("on", "off"), default="off",
+                   help="link modes: offer capability PADDING (the node then pads every record it writes, and "
+                        "the driver pads its own) or nothing (default off)")
     p.add_argument("--max-messages", type=int, default=50_000_000, help="hard cap on messages sent")
     p.add_argument("--time-limit", type=float, default=600.0, help="hard cap on the whole run, seconds")
     p.add_argument("--server-pid", type=int, default=0, help="report this process's CPU use per phase")
