@@ -463,3 +463,49 @@ def test_a_write_the_socket_does_not_take_whole_goes_to_the_transport(setup):
         assert wire.client_side.state is State.ACTIVE  # everything went through the transport instead
     finally:
         sock.close()
+
+
+def test_a_tcp_listener_gives_accepted_sockets_tcp_nodelay():
+    import socket
+
+    from zentalk_relay.link.service import _no_delay_on_listener
+
+    class Port:  # what matters of twisted.internet.tcp.Port
+        def __init__(self, sock):
+            self.socket = sock
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    assert _no_delay_on_listener(Port(listener)) is True
+    client = socket.create_connection(listener.getsockname(), timeout=5)  # the kernel makes its socket now
+    try:
+        accepted, _ = listener.accept()
+        with accepted:
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert _no_delay_on_listener(Port(None)) is False  # not a socket (a UNIX endpoint's port, a test's)
+    finally:
+        client.close()
+        listener.close()
+
+
+class _NoDelayCounting(StringTransport):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.no_delay_calls = 0
+
+    def setTcpNoDelay(self, enabled):
+        self.no_delay_calls += 1
+
+
+@pytest.mark.parametrize("inherited, calls", [(False, 1), (True, 0)])
+def test_a_link_sets_tcp_nodelay_unless_its_socket_inherited_it(setup, inherited, calls):
+    reactor, hub, identity = setup()
+    wire = Wire(reactor, hub, identity)
+    wire.server_side = hub.build(Carrier.NOISE_STREAM, IPv4Address("TCP", "192.0.2.11", 40000))
+    wire.server_side.no_delay_inherited = inherited
+    wire.server_transport = _NoDelayCounting(peerAddress=IPv4Address("TCP", "192.0.2.11", 40000))
+    wire.server_side.makeConnection(wire.server_transport)
+    wire.pump()
+    assert wire.server_side.state is State.ACTIVE
+    assert wire.server_transport.no_delay_calls == calls

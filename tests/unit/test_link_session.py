@@ -51,6 +51,48 @@ def test_handshake_authenticates_both_sides(carrier):
     assert relay_view.version == frames.PROTOCOL_VERSION
 
 
+@pytest.mark.parametrize("carrier", [Carrier.NOISE_STREAM, Carrier.TLS_STREAM])
+def test_the_handshake_is_two_writes_each_way(carrier):
+    # The responder's challenge leaves with its Noise reply (first thing on TLS),
+    # so the initiator answers it beside its HELLO: two round trips, not three.
+    pair = Pair(carrier=carrier)
+    writes = {"initiator": 0, "responder": 0}
+    for _ in range(4):
+        for name, source, sink in (("initiator", pair.initiator, pair.responder),
+                                   ("responder", pair.responder, pair.initiator)):
+            units = source.pull(pair.now)
+            assert len(units) <= 1  # a stream carrier joins what it has into one write
+            writes[name] += len(units)
+            for unit in units:
+                sink.receive_data(unit, pair.now)
+    assert pair.initiator.state is State.ACTIVE and pair.responder.state is State.ACTIVE
+    assert writes == {"initiator": 2, "responder": 2}
+
+
+def test_the_responder_takes_an_answer_that_comes_after_hello_ack():
+    # An initiator that waits for HELLO_ACK before it answers the challenge (a
+    # round trip slower) still gets in: the rules are those of the sequential order.
+    pair = Pair(carrier=Carrier.TLS_STREAM)
+    challenge = pair.responder.pull(pair.now)  # AUTH_CHALLENGE, held back from the initiator
+    hello = pair.initiator.pull(pair.now)  # HELLO, AUTH_CHALLENGE
+    assert challenge and len(hello) == 1
+    pair.responder.receive_data(hello[0], pair.now)
+    reply = pair.responder.pull(pair.now)  # HELLO_ACK, AUTH_RESPONSE: no AUTH_OK yet
+    assert pair.responder.state is State.HANDSHAKE
+    for unit in challenge + reply:
+        pair.initiator.receive_data(unit, pair.now)
+    pair.pump()
+    assert pair.initiator.state is State.ACTIVE and pair.responder.state is State.ACTIVE
+
+
+def test_a_second_challenge_is_refused():
+    pair = Pair(carrier=Carrier.TLS_STREAM)
+    for unit in pair.responder.pull(pair.now):
+        pair.initiator.receive_data(unit, pair.now)
+    events = pair.initiator.receive_data(raw_frames(frames.AuthChallenge(bytes(32))), pair.now)
+    assert [e.code for e in events if isinstance(e, Closing)] == [ErrorCode.UNEXPECTED_FRAME]
+
+
 def test_version_negotiation_picks_the_highest_common_with_the_same_major():
     pair = _active_pair(initiator_settings=LinkSettings(versions=(0x0300, 0x0302, 0x0401)),
                         responder_settings=LinkSettings(versions=(0x0300, 0x0301, 0x0302)))

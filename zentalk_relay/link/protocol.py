@@ -270,6 +270,9 @@ def batched(work: Callable[[], object]) -> None:
 class StreamLinkProtocol(LinkAdapter, Protocol):
     """TCP (Noise inside) or TLS 1.3 (plain records inside)."""
 
+    #: Set by a listener whose socket has TCP_NODELAY, which accepted sockets inherit.
+    no_delay_inherited = False
+
     def __init__(self, reactor, owner: LinkOwner, make: Callable[[float], LinkConnection], tls: bool) -> None:
         LinkAdapter.__init__(self, reactor, owner, make)
         self._tls = tls
@@ -295,6 +298,8 @@ class StreamLinkProtocol(LinkAdapter, Protocol):
 
     def _no_delay(self) -> None:
         # Records are already batched per flush; Nagle would only add delay.
+        if self.no_delay_inherited:
+            return
         no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if no_delay is not None:
             try:

@@ -11,11 +11,10 @@ States: IDLE → CONNECTING → HANDSHAKE → ACTIVE → CLOSING → CLOSED.
 Handshake over Noise (TCP and WebSocket carriers)::
 
     I → R   Noise  -> e, es
-    I ← R   Noise  <- e, ee                       channel binding = handshake hash
-    I → R   HELLO, AUTH_CHALLENGE(ni)
-    I ← R   HELLO_ACK, AUTH_CHALLENGE(nr), AUTH_RESPONSE(sig over ni)
-    I → R   AUTH_RESPONSE(sig over nr)            R: ACTIVE
-    I ← R   AUTH_OK(session token)                I: ACTIVE
+    I ← R   Noise  <- e, ee ; AUTH_CHALLENGE(nr)  channel binding = handshake hash
+    I → R   HELLO, AUTH_CHALLENGE(ni), AUTH_RESPONSE(sig over nr)
+    I ← R   HELLO_ACK, AUTH_RESPONSE(sig over ni), AUTH_OK(session token)
+                                                  R: ACTIVE at AUTH_OK, I: when it reads it
 
 Over TLS the Noise messages are absent and the binding is the TLS exporter.
 Both sides always prove their node id, so relay-to-relay links are
@@ -224,7 +223,7 @@ class LinkConnection:
                  "_buckets", "_challenge_answered", "_created", "_deadline_connect", "_deadline_handshake",
                  "_ephemeral", "_expected_peer_id", "_handshaking", "_hello_done", "_idle_check_at",
                  "_idle_probe", "_key", "_make_token", "_missed_pongs", "_next_ping", "_noise",
-                 "_our_challenge", "_padded", "_paused_until", "_peer_consumed", "_peer_verified",
+                 "_our_challenge", "_padded", "_peer_challenge", "_paused_until", "_peer_consumed", "_peer_verified",
                  "_peer_window", "_ping_out", "_ping_sequence", "_queues", "_raw_out", "_reader",
                  "_received_flow", "_recv_cipher", "_refuse", "_replay_check", "_reported_consumed",
                  "_reported_window", "_responder", "_resume", "_resume_check", "_resume_token",
@@ -312,6 +311,7 @@ class LinkConnection:
         # handshake progress
         self._our_challenge = rng(32)
         self._hello_done = False
+        self._peer_challenge: bytes | None = None  # the nonce the peer asked us to sign
         self._challenge_answered = False
         self._peer_verified = False
         self._auth_ok_seen = False
@@ -572,13 +572,29 @@ class LinkConnection:
             if self._resume is not None:
                 self._queue(Resume(self._resume.session_token, self._our_challenge), Priority.CONTROL)
             else:
-                self._send_hello()
+                self._send_hello(now)
+        else:
+            # The responder's challenge leaves with its Noise reply (or first thing
+            # on TLS), so that the initiator answers it beside its HELLO: the
+            # handshake takes two round trips after the transport's, not three.
+            self._queue(AuthChallenge(self._our_challenge), Priority.CONTROL)
         return []
 
-    def _send_hello(self) -> None:
+    def _send_hello(self, now: float) -> None:
         s = self.settings
         self._queue(Hello(self.role, s.versions, s.capabilities, s.features), Priority.CONTROL)
         self._queue(AuthChallenge(self._our_challenge), Priority.CONTROL)
+        self._answer_challenge(now)  # the responder's, if it came before our HELLO (a refused RESUME)
+
+    def _answer_challenge(self, now: float) -> None:
+        """Sign the peer's challenge once we may: the responder after HELLO, the initiator after its own HELLO."""
+        if self._peer_challenge is None or self._challenge_answered:
+            return
+        if self.initiator and (self._resume is not None or self._binding is None):
+            return  # resuming (answered if the relay refuses the RESUME), or no channel yet
+        self._challenge_answered = True
+        side = auth.INITIATOR if self.initiator else auth.RESPONDER
+        self._queue(auth.respond(self._key, side, self._peer_challenge, _ms(now), self._binding), Priority.CONTROL)
 
     # -- frames --------------------------------------------------------------
 
@@ -595,13 +611,12 @@ class LinkConnection:
         if kind is Resume and not self.initiator and not self._hello_done and not self._resume_tried:
             return self._resume_requested(frame, now)
         if kind is Resumed and self.initiator and self._resume is not None and self._resume_token is None:
-            return self._resume_answered(frame)
+            return self._resume_answered(frame, now)
         if kind is HelloAck and self.initiator and not self._hello_done:
             return self._hello_ack(frame)
-        if kind is AuthChallenge and self._hello_done and not self._challenge_answered:
-            self._challenge_answered = True
-            side = auth.INITIATOR if self.initiator else auth.RESPONDER
-            self._queue(auth.respond(self._key, side, frame.nonce, _ms(now), self._binding), Priority.CONTROL)
+        if kind is AuthChallenge and self._peer_challenge is None and (self.initiator or self._hello_done):
+            self._peer_challenge = frame.nonce
+            self._answer_challenge(now)
             return []
         if kind is AuthResponse and not self._peer_verified and (self._hello_done or self._resume_token):
             return self._auth_response(frame, now)
@@ -623,8 +638,7 @@ class LinkConnection:
         # computes that, and learns what the other offered (its wishes among them)
         s = self.settings
         self._queue(HelloAck(self.role, version, s.capabilities, s.features), Priority.CONTROL)
-        self._queue(AuthChallenge(self._our_challenge), Priority.CONTROL)
-        return []
+        return []  # our AUTH_CHALLENGE went out with the channel (see _channel_ready)
 
     def _hello_ack(self, ack: HelloAck) -> list[Event]:
         ours = self.settings.versions
@@ -678,12 +692,12 @@ class LinkConnection:
         self._queue(auth.respond(self._key, auth.RESPONDER, resume.nonce, _ms(now), self._binding), Priority.CONTROL)
         return self._activate(now, token, resumed=True)
 
-    def _resume_answered(self, resumed: Resumed) -> list[Event]:
+    def _resume_answered(self, resumed: Resumed, now: float) -> list[Event]:
         if resumed.accepted:
             self._resume_token = resumed.token
             return []
         self._resume = None
-        self._send_hello()
+        self._send_hello(now)
         return []
 
     def _activate(self, now: float, token: bytes, resumed: bool = False) -> list[Event]:
