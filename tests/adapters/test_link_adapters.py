@@ -509,3 +509,20 @@ def test_a_link_sets_tcp_nodelay_unless_its_socket_inherited_it(setup, inherited
     wire.pump()
     assert wire.server_side.state is State.ACTIVE
     assert wire.server_transport.no_delay_calls == calls
+
+
+def test_resumable_sessions_are_kept_as_plain_values_the_collector_does_not_track(setup):
+    import gc
+
+    reactor, hub, identity = setup()
+    wires = [Wire(reactor, hub, identity, ip=f"192.0.2.{20 + i}") for i in range(3)]
+    for wire in wires:
+        wire.pump()
+    assert len(hub._sessions) == 3
+    gc.collect()
+    gc.collect()  # a tuple is untracked once the tuples inside it are
+    assert not any(gc.is_tracked(session) for session in hub._sessions.values())
+    token = next(iter(hub._sessions))
+    resumed = hub._resume(token)
+    assert resumed.peer_id == wires[0].node_id and resumed.role is Role.CLIENT and resumed.session_token == token
+    assert hub._resume(token) is None  # once

@@ -68,7 +68,10 @@ class LinkHub:
         self._rtt_observer = rtt_observer
         self._link_private = bytes(identity.link_key)
         self._drained: list[Deferred] = []
-        self._sessions: OrderedDict[bytes, tuple[Authenticated, float]] = OrderedDict()
+        #: token -> (expires, peer id, role, version, capabilities, features): plain values only, so
+        #: that the cyclic garbage collector stops tracking them (it untracks tuples of atoms); the
+        #: hub may hold 100,000 of these, and tracked they would make every full collection slower.
+        self._sessions: OrderedDict[bytes, tuple[float, bytes, int, int, int, tuple[str, ...]]] = OrderedDict()
         self.router = None  # set by the node when delivery is built
         self.accepting = True
 
@@ -96,11 +99,14 @@ class LinkHub:
         now = self.reactor.seconds()
         while self._sessions:
             oldest = next(iter(self._sessions.values()))
-            if oldest[1] > now:
+            if oldest[0] > now:
                 break
             self._sessions.popitem(last=False)
         found = self._sessions.pop(token, None)
-        return None if found is None else found[0]
+        if found is None:
+            return None
+        _, peer_id, role, version, capabilities, features = found
+        return Authenticated(peer_id, Role(role), version, capabilities, features, token)
 
     def _fresh_handshake(self, ephemeral: bytes) -> bool:
         now = self.reactor.seconds()
@@ -146,7 +152,9 @@ class LinkHub:
             return
         links.append(adapter)
         if event.role is Role.CLIENT and not adapter.conn.initiator:
-            self._sessions[event.session_token] = (event, self.reactor.seconds() + self.config.session_ttl)
+            self._sessions[event.session_token] = (self.reactor.seconds() + self.config.session_ttl, event.peer_id,
+                                                   int(event.role), event.version, event.capabilities,
+                                                   tuple(event.features))
             self._resume(b"")  # prunes expired sessions
             while len(self._sessions) > MAX_SESSIONS:
                 self._sessions.popitem(last=False)
