@@ -526,3 +526,36 @@ def test_resumable_sessions_are_kept_as_plain_values_the_collector_does_not_trac
     resumed = hub._resume(token)
     assert resumed.peer_id == wires[0].node_id and resumed.role is Role.CLIENT and resumed.session_token == token
     assert hub._resume(token) is None  # once
+
+
+def test_a_client_close_fires_once_the_transport_is_gone(setup):
+    reactor, hub, identity = setup()
+    wire = Wire(reactor, hub, identity)
+    wire.pump()
+    fired = []
+    wire.client.close().addCallback(fired.append)
+    assert not fired  # the CLOSE (and the last ACKs) are queued, not yet written
+    wire.pump()  # written, the relay closes too, the transport goes
+    assert fired[0].code is ErrorCode.NORMAL and not fired[0].by_peer
+    assert reactor.getDelayedCalls() == []  # the fallback timer went with the transport
+
+
+def test_a_client_close_drops_a_transport_that_does_not_go(setup):
+    from zentalk_relay.client.link import CLOSE_TIMEOUT
+
+    reactor, hub, identity = setup()
+    wire = Wire(reactor, hub, identity)
+    wire.pump()
+    aborted = []
+
+    def abort():
+        aborted.append(True)
+        wire.client_side.connectionLost(_clean())
+
+    wire.client_transport.abortConnection = abort
+    fired = []
+    wire.client.close().addCallback(fired.append)
+    reactor.advance(CLOSE_TIMEOUT - 0.1)  # the relay never answers: nothing is pumped
+    assert not fired and not aborted
+    reactor.advance(0.1)
+    assert aborted and fired[0].code is ErrorCode.NORMAL

@@ -83,6 +83,36 @@ async def test_two_clients_exchange_messages(relay, transport):
     assert metric(text, "zentalk_link_frames_total", direction="in", type="send") >= 2
 
 
+def _links_held(node) -> float:
+    text = node.http("/metrics")[1].decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("zentalk_link_links{"))
+
+
+async def _until(check, seconds: float = BOUND) -> None:
+    from twisted.internet.task import deferLater
+
+    deadline = reactor.seconds() + seconds
+    while not check():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"not true within {seconds} s")
+        await deferLater(reactor, 0.05, lambda: None)
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls", "ws"])
+@pytest_twisted.ensureDeferred
+async def test_a_closed_link_is_gone_at_both_ends(relay, transport, monkeypatch):
+    from zentalk_relay.client import link as client_link
+
+    # Only the transport going away can fire ``closed`` within the bound: the
+    # fallback that drops a transport which does not go is pushed out of reach.
+    monkeypatch.setattr(client_link, "CLOSE_TIMEOUT", 3600.0)
+    alice = await _connect(relay, transport)
+    assert _links_held(relay) == 1
+    closed = await within(alice.close())
+    assert closed.code is ErrorCode.NORMAL and not closed.by_peer
+    await _until(lambda: _links_held(relay) == 0)
+
+
 @pytest_twisted.ensureDeferred
 async def test_message_to_an_offline_recipient_is_stored(relay):
     alice = await _connect(relay, "tcp")

@@ -40,6 +40,8 @@ from ..link.protocol import ALPN, LinkAdapter, StreamLinkProtocol, WebSocketLink
 from ..link.session import Authenticated, Carrier, LinkConnection, LinkSettings
 
 CONNECT_TIMEOUT = 5.0
+#: How long :meth:`ClientLink.close` waits for the transport to go before it drops it.
+CLOSE_TIMEOUT = 5.0
 ACK_DELAY = 0.05
 SEEN_MEMORY = 100_000
 #: Cover loops per second a client may ask for at most.
@@ -64,7 +66,11 @@ class ClientLink:
         self.adapter: LinkAdapter | None = None
         self.peer: Authenticated | None = None
         self.authenticated: Deferred = Deferred()
+        #: Fires with a :class:`LinkClosed` once the transport is gone, so what was
+        #: written before (the last ACKs) has left: a client may stop its reactor then.
         self.closed: Deferred = Deferred()
+        self._ended: LinkClosed | None = None  # why the link ended, until the transport is gone
+        self._close_timer = None
         self.errors: list[Error] = []
         self._receipts: dict[bytes, Deferred] = {}
         self._inbox: DeferredQueue = DeferredQueue()
@@ -190,11 +196,21 @@ class ClientLink:
         return waiting
 
     def close(self) -> Deferred:
-        """Acknowledge what arrived, then close."""
+        """Acknowledge what arrived, then close; fires once the transport is gone (or dropped after
+        ``CLOSE_TIMEOUT`` if the other side does not let it go)."""
         self._flush_acks()
-        if self.adapter is not None:
-            self.adapter.close(ErrorCode.NORMAL, "client closing")
+        if self.adapter is None:
+            self._fire_closed(LinkClosed(ErrorCode.NORMAL, "client closing", False))
+            return self.closed
+        self.adapter.close(ErrorCode.NORMAL, "client closing")
+        if not self.closed.called and self._close_timer is None:
+            self._close_timer = self.reactor.callLater(CLOSE_TIMEOUT, self._drop)
         return self.closed
+
+    def _drop(self) -> None:
+        self._close_timer = None
+        if self.adapter is not None and not self.closed.called:
+            self.adapter.abort()
 
     @property
     def node_id(self) -> bytes | None:
@@ -263,7 +279,14 @@ class ClientLink:
         pass
 
     def link_lost(self, adapter: LinkAdapter) -> None:
-        pass
+        self._fire_closed(self._ended or LinkClosed(ErrorCode.NORMAL, "the connection was lost", True))
+
+    def _fire_closed(self, why: LinkClosed) -> None:
+        if self._close_timer is not None and self._close_timer.active():
+            self._close_timer.cancel()
+        self._close_timer = None
+        if not self.closed.called:
+            self.closed.callback(why)
 
     def link_closed(self, adapter: LinkAdapter, code: ErrorCode, reason: str, by_peer: bool) -> None:
         self.stop_cover()
@@ -275,8 +298,8 @@ class ClientLink:
         self._punches.clear()
         if not self.authenticated.called:
             self.authenticated.errback(failure)
-        if not self.closed.called:
-            self.closed.callback(failure)
+        if self._ended is None:
+            self._ended = failure  # ``closed`` fires with it once the transport is gone (link_lost)
 
 
 def _connection_maker(bootstrap: Bootstrap, signing_key: SigningKey, carrier: Carrier, role: Role,

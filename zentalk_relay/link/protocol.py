@@ -354,6 +354,9 @@ class StreamLinkProtocol(LinkAdapter, Protocol):
 
     def _drop(self) -> None:
         self._socket = None
+        # A TLS transport shuts TLS down (close_notify, then TCP) only once no producer
+        # is registered; TCP does not mind. Without this a TLS link never closed.
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     def abort(self) -> None:
