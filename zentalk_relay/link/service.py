@@ -10,6 +10,7 @@ frame that names it, then counted.
 from __future__ import annotations
 
 import socket
+import sys
 from collections import OrderedDict
 from typing import Callable
 
@@ -296,8 +297,6 @@ class _LinkFactory(Factory):
 def _no_delay_on_listener(port) -> bool:
     """TCP_NODELAY on a listening TCP socket, so that accepted ones start with it (Linux copies the
     option to them): one system call per listener instead of one per link. False where it cannot."""
-    import sys
-
     handle = getattr(port, "socket", None)
     if not sys.platform.startswith("linux") or not isinstance(handle, socket.socket) \
             or handle.type != socket.SOCK_STREAM or handle.family not in (socket.AF_INET, socket.AF_INET6):

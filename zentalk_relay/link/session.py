@@ -590,8 +590,8 @@ class LinkConnection:
         """Sign the peer's challenge once we may: the responder after HELLO, the initiator after its own HELLO."""
         if self._peer_challenge is None or self._challenge_answered:
             return
-        if self.initiator and (self._resume is not None or self._binding is None):
-            return  # resuming (answered if the relay refuses the RESUME), or no channel yet
+        if self.initiator and self._resume is not None:
+            return  # resuming: answered only if the relay refuses the RESUME
         self._challenge_answered = True
         side = auth.INITIATOR if self.initiator else auth.RESPONDER
         self._queue(auth.respond(self._key, side, self._peer_challenge, _ms(now), self._binding), Priority.CONTROL)
