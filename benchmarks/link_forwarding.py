@@ -123,9 +123,7 @@ def start_bare(tmp: Path, args, style: str = "tuned"):
 
 
 def node_settings(args) -> list[str]:
-    # exact link counters (zentalk_link_bytes_total), read after the run to check the driver's byte counts;
-    # blurring is done at scrape time only
-    return list(linkbench.BENCH_SETTINGS) + [f"link.window_initial={args.window_initial}", "metrics.blur_interval=0"]
+    return list(linkbench.BENCH_SETTINGS) + [f"link.window_initial={args.window_initial}"]
 
 
 def bench_ours(mode: str, args, phases: list[str], padding: str) -> tuple[dict | None, str | None, dict]:
