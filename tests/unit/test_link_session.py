@@ -340,6 +340,18 @@ def test_message_rate_limit_refuses_with_receipt_and_flow_control():
     assert flow.reason == frames.FlowReason.RATE_LIMIT and flow.retry_after_ms > 0
 
 
+def test_a_client_that_waits_before_its_first_burst_gets_the_burst_and_no_more():
+    # the bucket is made at the first message, full, as one made at ACTIVE would be by then
+    settings = LinkSettings(messages=Rate(100, 60.0, 20))
+    pair = _tls_responder(responder_settings=settings)
+    pair.pump()
+    later = pair.now + 3600
+    events = pair.responder.receive_data(raw_frames(*_sends(21)), later)
+    assert len([e for e in events if isinstance(e, Received)]) == 20
+    events = pair.responder.receive_data(raw_frames(*_sends(1)), later + 0.6)  # 100/min: one token in 0.6 s
+    assert len([e for e in events if isinstance(e, Received)]) == 1
+
+
 def test_pex_is_limited_to_one_request_per_minute():
     pair = _tls_responder()
     pair.pump()

@@ -220,11 +220,11 @@ class LinkConnection:
     # Slots for the attributes it sets (faster to make and to use); "__dict__" keeps
     # an instance open to others, e.g. a test wrapping its pull().
     __slots__ = ("__dict__", "_accept_roles", "_allowed_total", "_auth_ok_seen", "_backlog", "_batch_sends", "_binding",
-                 "_buckets", "_challenge_answered", "_created", "_deadline_connect", "_deadline_handshake",
+                 "_challenge_answered", "_created", "_deadline_connect", "_deadline_handshake",
                  "_ephemeral", "_expected_peer_id", "_handshaking", "_hello_done", "_idle_check_at",
-                 "_idle_probe", "_key", "_make_token", "_missed_pongs", "_next_ping", "_noise",
+                 "_idle_probe", "_key", "_make_token", "_message_bucket", "_missed_pongs", "_next_ping", "_noise",
                  "_our_challenge", "_padded", "_peer_challenge", "_paused_until", "_peer_consumed", "_peer_verified",
-                 "_peer_window", "_ping_out", "_ping_sequence", "_queues", "_raw_out", "_reader",
+                 "_peer_window", "_pex_bucket", "_ping_out", "_ping_sequence", "_queues", "_raw_out", "_reader",
                  "_received_flow", "_recv_cipher", "_refuse", "_replay_check", "_reported_consumed",
                  "_reported_window", "_responder", "_resume", "_resume_check", "_resume_token",
                  "_resume_tried", "_rng", "_run", "_send_cipher", "_sent_flow", "_window", "capabilities",
@@ -348,7 +348,9 @@ class LinkConnection:
 
         # The rate limits' buckets are made when the link becomes ACTIVE (a bucket
         # starts full, and nothing takes from it before then).
-        self._buckets: dict[str, TokenBucket] = {}
+        # per-link rate limits, each made at its first use: an unused bucket only stays full
+        self._message_bucket: TokenBucket | None = None
+        self._pex_bucket: TokenBucket | None = None
 
     # -- lifecycle inputs ----------------------------------------------------
 
@@ -521,7 +523,7 @@ class LinkConnection:
         count = len(run)
         flow = self._received_flow + count
         if flow > self._allowed_total or (
-                self.peer_role is Role.CLIENT and not self._buckets["messages"].take(now, count)):
+                self.peer_role is Role.CLIENT and not self._messages_bucket(now).take(now, count)):
             # the window or the rate limit ends inside this run: frame by frame, as always
             events: list[Event] = []
             frames_in = self.stats.frames_in
@@ -702,8 +704,6 @@ class LinkConnection:
 
     def _activate(self, now: float, token: bytes, resumed: bool = False) -> list[Event]:
         self.state = State.ACTIVE
-        settings = self.settings
-        self._buckets = {"messages": TokenBucket(settings.messages, now), "pex": TokenBucket(settings.pex, now)}
         # From here on (AUTH_OK and everything after) records go out padded, if both offered PADDING.
         self._padded = bool(self.capabilities & _PADDING_BIT)
         if self._window != INITIAL_WINDOW:
@@ -716,6 +716,18 @@ class LinkConnection:
         return [Authenticated(self.peer_id, self.peer_role, self.version, self.capabilities, self.features, token,
                               resumed)]
 
+    def _messages_bucket(self, now: float) -> TokenBucket:
+        bucket = self._message_bucket
+        if bucket is None:
+            bucket = self._message_bucket = TokenBucket(self.settings.messages, now)
+        return bucket
+
+    def _pex_requests(self, now: float) -> TokenBucket:
+        bucket = self._pex_bucket
+        if bucket is None:
+            bucket = self._pex_bucket = TokenBucket(self.settings.pex, now)
+        return bucket
+
     def _active_frame(self, frame: frames.Frame, now: float) -> list[Event]:
         kind = type(frame)
         if kind in FLOW_CONTROLLED:
@@ -725,10 +737,10 @@ class LinkConnection:
             self._idle_check_at = now + self.settings.idle_after
             self.idle = False
             # Relays forward for many clients: only client links are rate limited.
-            if kind is not Deliver and self.peer_role is Role.CLIENT and not self._buckets["messages"].take(now):
+            if kind is not Deliver and self.peer_role is Role.CLIENT and not self._messages_bucket(now).take(now):
                 self._consumed(1)
                 self.stats.count(self.stats.rate_limited, "messages")
-                retry = self._buckets["messages"].retry_after(now)
+                retry = self._message_bucket.retry_after(now)
                 if kind is Send:
                     self._queue(Receipt(frame.message_id, frames.ReceiptStatus.REFUSED, ErrorCode.RATE_LIMITED),
                                 Priority.MESSAGE)
@@ -748,7 +760,7 @@ class LinkConnection:
         if kind is Close:
             return self._close(ErrorCode.NORMAL, frame.reason, by_peer=True, peer_code=frame.code)
         if kind in _APPLICATION:
-            if kind is frames.Pex and frame.subtype == PEX_REQUEST and not self._buckets["pex"].take(now):
+            if kind is frames.Pex and frame.subtype == PEX_REQUEST and not self._pex_requests(now).take(now):
                 self.stats.count(self.stats.rate_limited, "pex")
                 self._queue(Error(ErrorCode.RATE_LIMITED, "one PEX request per minute"), Priority.BACKGROUND)
                 return []
