@@ -189,10 +189,8 @@ def relay_settings(rate: float, bootstrap: str | None) -> list[str]:
     """What a testnet node has (DHT on loopback, PEX with private addresses), exact counters, the cover rate."""
     settings = list(nodes.RELAY_SETTINGS) + [
         f'link.tcp=["tcp:0:interface={HOST}"]',
-        f'dht.udp=["{HOST}:0"]',
         "pex.allow_private_addresses=true",
         "pex.min_uptime=0.0",
-        "metrics.blur_interval=0",
         f"onion.cover_rate={rate:g}",
     ]
     if bootstrap:
