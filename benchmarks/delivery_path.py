@@ -627,6 +627,8 @@ def parse_args(argv):
     p.add_argument("--drivers", default="lean,client",
                    help="lean (headline; onion packets built before the run) and/or client (the reference "
                         "client, zentalk_relay.client.link, building each packet as it sends); default both")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="one more setting for every relay, e.g. onion.mix_delay=0 (repeatable)")
     p.add_argument("--relay-cpu", default="0", help="CPU list for the three relays, e.g. 0 or 0,1 (default 0)")
     p.add_argument("--load-cpu", type=int, default=1, help="CPU for the load driver (default 1)")
     p.add_argument("--window-initial", type=int, default=0,
@@ -686,7 +688,7 @@ def main(argv=None) -> int:
     rows: list[dict] = []
     errors: list[str] = []
     profile = None
-    settings = list(nodes.RELAY_SETTINGS) + [f"link.window_initial={args.window_initial}"]
+    settings = list(nodes.RELAY_SETTINGS) + [f"link.window_initial={args.window_initial}"] + args.settings
     with tempfile.TemporaryDirectory(prefix="delivery-") as tmp:
         nodes.settle(args.quiet_wait)
         log(f"starting relays a, b, c on cpu {args.relay_cpu} ...")
