@@ -504,9 +504,7 @@ class Router:
 
     def _mix_due(self) -> None:
         self._mix_timer = None
-        due = self.mixer.due(self._clock())
-        # Packets due together leave together: one record per next hop, as a read's would
-        batched(lambda: self._release(due))
+        self._release(self.mixer.due(self._clock()))
         self._arm_mixer()
 
     def _release(self, released: list) -> None:
