@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from tests.support.linkpair import Pair
 from zentalk_relay.link import frames
 from zentalk_relay.link.frames import Capability, Deliver, Onion, Send, capability_mask
-from zentalk_relay.link.padding import BUCKETS, MIN_PADDING, PACK_LIMIT, bucket_for, pad
+from zentalk_relay.link.padding import BUCKETS, MIN_PADDING, PACK_LIMIT, RECORD_OVERHEAD, bucket_for, pad, split
 from zentalk_relay.link.session import Carrier, LinkSettings, Received, Sends
 
 PADDED = LinkSettings(capabilities=capability_mask(Capability.PADDING))
@@ -127,6 +127,62 @@ def test_tls_carrier_records_are_padded_too():
     pair.responder.send(Deliver(bytes(16), b"z" * 777), pair.now)
     pair.pump()
     assert _record_sizes(relay.written)[done:] == [1024]
+
+
+def _frame(size: int) -> bytes:
+    """A length-prefixed frame of ``size`` bytes (type and body)."""
+    return struct.pack("!H", size) + bytes([frames.FrameType.PADDING]) + bytes(size - 1)
+
+
+def _wire(pieces: list[bytes]) -> int:
+    return sum(bucket_for(len(p)) + RECORD_OVERHEAD for p in pieces)
+
+
+@pytest.mark.parametrize("sizes, expected", [
+    ([2049, 2049], [2051, 2051]),  # two onion packets: two 2,560 records, not one of 16 KiB
+    ([1041] * 4, [2086, 2086]),  # four 1 KiB DELIVERs: 2 x 2,560 (5,156 B) instead of 16,402
+    ([1041] * 3, [3129]),  # 3,129 fits 4,096: nothing to gain
+    ([1041] * 15, [15645]),  # a full record: left alone
+    ([20] * 300, [4092, 2508]),  # small frames: a 4,096 and a 2,560 record instead of 16 KiB
+])
+def test_a_record_is_split_where_smaller_buckets_cost_fewer_bytes(sizes, expected):
+    plaintext = b"".join(_frame(size) for size in sizes)
+    pieces = split(plaintext)
+    assert [len(p) for p in pieces] == expected
+    assert b"".join(pieces) == plaintext
+
+
+@given(st.lists(st.integers(min_value=1, max_value=5000), min_size=1, max_size=40))
+def test_splitting_keeps_every_frame_whole_in_order_and_never_costs_more(sizes):
+    plaintext = b"".join(_frame(size) for size in sizes)[:65517]
+    plaintext = plaintext[:max(i for i in _ends(plaintext) if i <= 65517)]
+    pieces = split(plaintext)
+    assert b"".join(pieces) == plaintext
+    for piece in pieces:
+        assert piece and list(frames.split_record(piece))  # whole frames only
+    if len(plaintext) <= 65519 - MIN_PADDING:
+        assert _wire(pieces) <= bucket_for(len(plaintext)) + RECORD_OVERHEAD
+
+
+def _ends(plaintext: bytes) -> list[int]:
+    ends, offset = [0], 0
+    while offset < len(plaintext):
+        offset += 2 + struct.unpack_from("!H", plaintext, offset)[0]
+        if offset <= len(plaintext):
+            ends.append(offset)
+    return ends
+
+
+def test_two_onion_packets_sent_together_leave_as_two_2560_byte_records():
+    pair = Pair(initiator_settings=PADDED, responder_settings=PADDED)
+    client = _Tap(pair.initiator)
+    pair.pump()
+    before = len(_record_sizes(client.written))
+    pair.initiator.send(Onion(bytes(2048)), pair.now)
+    pair.initiator.send(Onion(bytes(2048)), pair.now)
+    pair.pump()
+    assert _record_sizes(client.written)[before:] == [2560 + TAG, 2560 + TAG]
+    assert len([e for e in pair.events["responder"] if isinstance(e, Received)]) == 2
 
 
 def test_the_worked_example_of_docs_protocol():

@@ -58,7 +58,7 @@ from .frames import (
     WindowUpdate,
 )
 from .noise import LengthPrefixedReader, NoiseError, NoiseNK, nk_responder
-from .padding import pad
+from .padding import pad, split
 from .noise import frame as noise_frame
 from ..ratelimit import Rate, TokenBucket
 
@@ -1027,16 +1027,17 @@ class LinkConnection:
         records: list[bytes] = []
         batch: list[bytes] = []
         size = 0
+        seal = self._seal_padded if self._padded else self._seal
         for queue in self._queues:
             while queue:
                 item = queue.popleft()
                 if batch and size + len(item) > RECORD_TARGET:
-                    records.append(self._seal(batch))
+                    seal(batch, records)
                     batch, size = [], 0
                 batch.append(item)
                 size += len(item)
         if batch:
-            records.append(self._seal(batch))
+            seal(batch, records)
         if self._reader is None:
             return self._count_out(units + records)
         pieces = [noise_frame(u) for u in units]
@@ -1044,13 +1045,17 @@ class LinkConnection:
             pieces += (_LENGTH(len(record)), record)
         return self._count_out([b"".join(pieces)] if pieces else [])
 
-    def _seal(self, batch: list[bytes]) -> bytes:
+    def _seal(self, batch: list[bytes], records: list[bytes]) -> None:
         plaintext = batch[0] if len(batch) == 1 else b"".join(batch)
-        if self._padded:
-            plaintext = pad(plaintext)
-        if self._send_cipher is None:
-            return plaintext
-        return self._send_cipher.encrypt(plaintext)
+        records.append(plaintext if self._send_cipher is None else self._send_cipher.encrypt(plaintext))
+
+    def _seal_padded(self, batch: list[bytes], records: list[bytes]) -> None:
+        """Padded records, split where smaller buckets cost fewer bytes (see padding.split)."""
+        plaintext = batch[0] if len(batch) == 1 else b"".join(batch)
+        cipher = self._send_cipher
+        for piece in split(plaintext):
+            piece = pad(piece)
+            records.append(piece if cipher is None else cipher.encrypt(piece))
 
     def _count_out(self, units: list[bytes]) -> list[bytes]:
         for unit in units:
