@@ -98,3 +98,21 @@ def test_a_stopping_relay_sends_on_what_the_mixer_holds():
     router.release_all()
     assert len(mesh.forwarded) == 20 and len(router.mixer) == 0
     assert not clock.getDelayedCalls()
+
+
+def test_packets_due_together_leave_in_one_batch_of_writes():
+    from zentalk_relay.link.protocol import LinkAdapter
+
+    clock, router, mesh, _, public = _router(0.05)
+    batches = []
+    original = mesh.forward
+
+    def forward(node_id, frame):
+        batches.append(LinkAdapter._batch)  # noqa: SLF001 - the batch the write joins, None if written at once
+        original(node_id, frame)
+
+    mesh.forward = forward
+    _feed(clock, router, _packets(public, 20), 0.0)
+    clock.advance(10.0)  # every deadline has passed: one timer call releases them all
+    assert len(batches) == 20
+    assert batches[0] is not None and all(batch is batches[0] for batch in batches)

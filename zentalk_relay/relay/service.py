@@ -504,7 +504,9 @@ class Router:
 
     def _mix_due(self) -> None:
         self._mix_timer = None
-        self._release(self.mixer.due(self._clock()))
+        due = self.mixer.due(self._clock())
+        # Packets due together leave together: one record per next hop, as a read's would
+        batched(lambda: self._release(due))
         self._arm_mixer()
 
     def _release(self, released: list) -> None:
