@@ -205,6 +205,9 @@ class _RelayCollector(Collector):
                        "the owner), expired (blurred).", ["event"],
                        blur("mailbox_events", {"stored": stats.stored, "duplicate": stats.duplicates,
                                                "delivered": stats.delivered, "expired": stats.expired}, EVENTS_STEP))
+        yield CounterMetricFamily("zentalk_mailbox_commits", "Group commits of the mailbox; stored messages / "
+                                  "commits is the mean batch (blurred).",
+                                  value=blur("mailbox_commits", {"commits": stats.commits}, EVENTS_STEP)["commits"])
         yield _counter("zentalk_mailbox_refused", "Messages the mailbox refused, by reason.", ["reason"],
                        stats.refused or {}, ["recipient_full", "mailbox_full", "too_large"])
 

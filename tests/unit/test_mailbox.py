@@ -88,3 +88,9 @@ def test_times_are_kept_to_the_minute(tmp_path):
     store.put_many([(BOB, _id(1), b"x")], 1767225642.75)
     (message,) = store.fetch(BOB, 0, 10, 1767225643.0).messages
     assert message.stored_at == 1767225600.0
+
+
+def test_each_put_many_is_one_commit_counted_once(store):
+    store.put_many([(BOB, _id(i), b"x") for i in range(5)], 100.0)
+    store.put_many([(BOB, _id(9), b"y")], 101.0)
+    assert (store.stats.commits, store.stats.stored) == (2, 6)

@@ -90,6 +90,7 @@ class MailboxStats:
     duplicates: int = 0
     delivered: int = 0  # acknowledged by their owner
     expired: int = 0
+    commits: int = 0  # transactions of put_many (group commits)
     refused: dict[str, int] | None = None
 
     def refuse(self, reason: str) -> None:
@@ -161,6 +162,7 @@ class MailboxStore:
             db.execute("ROLLBACK")
             self._reload_usage()
             raise
+        self.stats.commits += 1
         for result in results:
             if result is PutResult.STORED:
                 self.stats.stored += 1
