@@ -181,6 +181,20 @@ LOOPBACK_ARGS = ("--stun-udp", "127.0.0.1:0", "--stun-udp", "[::1]:0", "--metric
                  "--set", 'link.tcp=["tcp:0:interface=127.0.0.1"]')
 
 
+def wait_until(check, what: str, timeout: float, interval: float = 0.1):
+    """Poll ``check`` (a cheap read of a node's endpoints or files) until it is true, at most ``timeout`` s.
+
+    For tests that do not run the reactor; returns what ``check`` returned.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"not within {timeout:g} s: {what}")
+
+
 def metric(text: str, name: str, **labels: str) -> float:
     wanted = ",".join(f'{key}="{value}"' for key, value in labels.items())
     series = f"{name}{{{wanted}}}" if labels else name

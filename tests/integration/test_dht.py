@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import socket
-import time
+from functools import partial
 
 import pytest
 import pytest_twisted
@@ -18,7 +18,7 @@ from zentalk_relay.client import connect
 from zentalk_relay.client.discovery import choose_path, discover_relays, hops
 from zentalk_relay.dht.records import RELAYS_INFO_HASH
 
-from .conftest import cli, metric
+from .conftest import cli, metric, wait_until
 
 pytestmark = pytest.mark.integration
 BOUND = 40.0
@@ -40,15 +40,7 @@ def relay_args(dht_port: int, *bootstrap: int) -> tuple[str, ...]:
             "--set", "link.messages_per_minute=100000", "--set", "link.messages_burst=10000")
 
 
-def wait_until(check, what: str, timeout: float = BOUND):
-    """Poll ``check`` (a cheap read of a node's HTTP endpoints) until it is true; bounded."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout:g} s: {what}")
+wait_until = partial(wait_until, timeout=BOUND)
 
 
 def metrics_of(node) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
+from functools import partial
 
 import pytest
 
@@ -18,7 +18,7 @@ from zentalk_relay.dht.records import RECORD_SALT, RELAYS_INFO_HASH, RelayRecord
 
 from tests.support import libtorrent_peer as lt_peer  # the libtorrent wheel: a test dependency
 
-from .conftest import cli, metric
+from .conftest import cli, metric, wait_until
 
 pytestmark = pytest.mark.integration
 BOUND = 30.0
@@ -30,14 +30,7 @@ def free_udp_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_until(check, what: str, timeout: float = BOUND):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout:g} s: {what}")
+wait_until = partial(wait_until, timeout=BOUND)
 
 
 def dht_metric(node, name: str) -> float:

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from .conftest import CHECKOUT_ENV, cli, free_port_range
+from .conftest import CHECKOUT_ENV, cli, free_port_range, wait_until
 
 pytestmark = pytest.mark.integration
 BOUND = 40.0
@@ -54,10 +54,8 @@ def test_the_testnet_meets_through_the_dht_and_stops_on_ctrl_c(tmp_path):
         pids = [int(line.split("pid ")[1].split()[0]) for line in banner.splitlines() if " pid " in line]
         assert len(pids) == 3
 
-        deadline = time.monotonic() + BOUND
-        while not all(_status(base + 10 * i + 4)["dht"]["relays_known"] >= 2 for i in range(3)):
-            assert time.monotonic() < deadline, "the nodes did not find each other"
-            time.sleep(0.2)
+        wait_until(lambda: all(_status(base + 10 * i + 4)["dht"]["relays_known"] >= 2 for i in range(3)),
+                   "the nodes find each other", BOUND, interval=0.2)
         relays = cli("dht", "relays", "--bootstrap", f"127.0.0.1:{base + 3}", "--bind", "127.0.0.1:0", "--json")
         assert len(json.loads(relays.stdout)["relays"]) == 3
 

@@ -16,7 +16,7 @@ import os
 import socket
 import stat
 import subprocess
-import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,7 @@ import pytest
 from zentalk_relay.dht.records import record_target
 from zentalk_relay.tor import find_tor, stored_onion_address
 
-from .conftest import LOOPBACK_ARGS, NodeProcess, cli
+from .conftest import LOOPBACK_ARGS, NodeProcess, cli, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -39,14 +39,7 @@ def test_tor_is_installed():
     assert TOR is not None, "tor is not installed: scripts/test installs it (apt-get install tor)"
 
 
-def wait_until(check, what: str, timeout: float = BOUND):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout:g} s: {what}")
+wait_until = partial(wait_until, timeout=BOUND, interval=0.05)
 
 
 class Control:
