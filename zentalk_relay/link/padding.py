@@ -37,8 +37,8 @@ _FRAME_LENGTH = struct.Struct("!H").unpack_from
 RECORD_OVERHEAD = 2 + 16
 #: The content limits of the 4,096 and 2,560 buckets, the smaller records a record may be split into.
 _SPLIT_LIMITS = (4096 - MIN_PADDING, 2560 - MIN_PADDING)
-#: Above this, no split into those smaller records costs less than one 16 KiB record.
-_SPLIT_ABOVE, _SPLIT_UP_TO = 4096 - MIN_PADDING, 6 * (2560 - MIN_PADDING)
+#: Content that fits 4,096 is not split; above six 2,560 records' worth no split beats one 16 KiB record.
+_SPLIT_ABOVE, _SPLIT_UP_TO = _SPLIT_LIMITS[0], 6 * _SPLIT_LIMITS[1]
 _ZEROS = bytes(MAX_RECORD)
 
 
