@@ -2,7 +2,8 @@
 """Link handshake benchmark: full handshakes per second on one core vs the raw public-key cost.
 
     python benchmarks/link_handshakes.py [--concurrency 64] [--duration 5] [--warmup 1]
-                                         [--client-verify 64] [--profile py-spy] [--json]
+                                         [--connector polls sleeps] [--client-verify 64]
+                                         [--profile py-spy] [--json]
 
 One node pinned to the server CPU; one connector process pinned to the load
 CPU keeps ``--concurrency`` handshakes in flight: TCP connect, Noise NK,
@@ -25,6 +26,18 @@ Noise message 1, i.e. one fixed-base X25519 and one DH) before the measured
 interval, and checks the relay's Ed25519 signature on one handshake in
 ``--client-verify`` (default 64; 1 checks all) instead of every one. The
 node does its whole part on every handshake.
+
+How the connector waits matters to the node's figure, so both ways run
+(``--connector``). On loopback each of the node's two writes per handshake
+runs the connector's side of TCP and, if the connector sleeps in
+epoll_wait, wakes it on its own CPU: on these virtual machines a sleeping
+CPU is woken by an interrupt through the hypervisor, tens of microseconds
+charged to the node's send() that a relay writing to remote clients through
+a network card never pays (perf: sendto -> tcp_v4_rcv -> sock_def_readable ->
+the wake-up). ``polls``: the connector never sleeps (epoll_wait with a zero
+timeout), so the node pays only for its own work and loopback TCP; this is
+the verdict. ``sleeps``: epoll_wait with a 10 ms timeout, the node's figure
+with those wake-ups in it, printed beside it.
 
 All traffic goes to 127.0.0.1; handshakes are bounded by time and count
 (``--max-handshakes``); every process started is stopped.
@@ -232,6 +245,8 @@ def connector_main(args) -> int:
     built_late = 0
 
     poller = select.epoll()
+    # polls: never sleep in epoll_wait, so that the node's writes find the connector awake
+    wait = 0 if args.connector == "polls" else 0.01
     live: dict[int, list] = {}  # fd -> [sock, conn, started, connected]
     started_total = 0
     ok = 0
@@ -291,7 +306,7 @@ def connector_main(args) -> int:
             start_one(now)
         if not live:
             break
-        for fd, mask in poller.poll(0.01):
+        for fd, mask in poller.poll(wait):
             entry = live.get(fd)
             if entry is None:
                 continue
@@ -347,7 +362,7 @@ def connector_main(args) -> int:
     wall_s = max(1e-9, end - m_start)
     result = {
         "handshakes": ok, "rate": round(ok / args.duration, 1), "failures": failures,
-        "concurrency": args.concurrency, "pool": pool_size, "pool_build_s": round(build_s, 3),
+        "concurrency": args.concurrency, "connector": args.connector, "pool": pool_size, "pool_build_s": round(build_s, 3),
         "built_during_run": built_late, "verified": stats["verified"], "verify_skipped": stats["verify_skipped"],
         "started": started_total,
     }
@@ -414,12 +429,12 @@ def combine_crypto(first: dict, second: dict | None) -> dict:
             "spread": round(max(totals) / min(totals) - 1, 3)}
 
 
-def run_connector(args, node: linkbench.Node, concurrency: int) -> dict:
+def run_connector(args, node: linkbench.Node, concurrency: int, mode: str) -> dict:
     cmd = ["taskset", "-c", str(args.load_cpu), sys.executable, str(HERE / "link_handshakes.py"),
            "--role", "connector", "--port", str(node.link_port), "--bootstrap", str(node.bootstrap),
            "--server-pid", str(node.pid), "--concurrency", str(concurrency), "--duration", str(args.duration),
            "--warmup", str(args.warmup), "--client-verify", str(args.client_verify),
-           "--max-handshakes", str(args.max_handshakes), "--pool", str(args.pool)]
+           "--max-handshakes", str(args.max_handshakes), "--pool", str(args.pool), "--connector", mode]
     return run_child(cmd, timeout=args.warmup + args.duration + 300)
 
 
@@ -457,10 +472,14 @@ def parse_args(argv):
                    help="measure again when other processes took CPU during a run (default 2)")
     p.add_argument("--profile", choices=("none", "py-spy"), default="none",
                    help="profile the node with py-spy in one more run and print where the time goes")
+    p.add_argument("--connector", nargs="+", choices=("polls", "sleeps"), default=["polls", "sleeps"],
+                   help="how the connector waits for the node: polls (never sleeps, so the node's writes do not "
+                        "wake it) and/or sleeps (in epoll_wait); each runs in turn (default both)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     if a.role == "connector":
         a.concurrency = a.concurrency[0]
+        a.connector = a.connector[0]
     elif a.role == "bench":
         if any(not 1 <= c <= 5000 for c in a.concurrency):
             p.error("--concurrency must be 1..5000")
@@ -487,18 +506,19 @@ def bench(args) -> int:
             log(f"  responder public-key operations per handshake: {crypto['counts']}; "
                 f"{crypto['us_per_handshake']:.1f} us -> raw bound {crypto['raw_bound_per_s']:,.0f}/s")
             before = node.metric("zentalk_link_handshakes_total", {"result": "success"}) or 0.0
-            for concurrency in args.concurrency:
-                settle(args, f"concurrency {concurrency}")
-                log(f"  connector: {concurrency} in flight, {args.warmup:g} + {args.duration:g} s")
+            for concurrency, mode in [(c, m) for c in args.concurrency for m in args.connector]:
+                what = f"concurrency {concurrency}, connector {mode}"
+                settle(args, what)
+                log(f"  connector ({mode}): {concurrency} in flight, {args.warmup:g} + {args.duration:g} s")
                 rss0 = linkbench.rss_kib(node.pid)
                 count0 = node.metric("zentalk_link_handshakes_total", {"result": "success"}) or 0.0
-                r = run_connector(args, node, concurrency)
+                r = run_connector(args, node, concurrency, mode)
                 for attempt in range(args.retries):
                     if linkbench.disturbance(r, args.server_cpu) <= linkbench.DISTURBED:
                         break
                     log(f"  disturbed by other processes, measuring again ({attempt + 1}/{args.retries})")
-                    settle(args, f"concurrency {concurrency}")
-                    r = run_connector(args, node, concurrency)
+                    settle(args, what)
+                    r = run_connector(args, node, concurrency, mode)
                 rss1 = linkbench.rss_kib(node.pid)
                 count1 = node.metric("zentalk_link_handshakes_total", {"result": "success"}) or 0.0
                 r["node_rss_before_kib"], r["node_rss_after_kib"] = rss0, rss1
@@ -507,7 +527,7 @@ def bench(args) -> int:
                     r["rss_growth_bytes_per_handshake"] = round((rss1 - rss0) * 1024 / (count1 - count0), 1)
                 rows.append(r)
                 if r.get("failures"):
-                    errors.append(f"concurrency {concurrency}: failures {r['failures']}")
+                    errors.append(f"{what}: failures {r['failures']}")
                 if not node.alive():
                     errors.append(f"the node died:\n{node.log_tail()}")
                     break
@@ -530,7 +550,13 @@ def bench(args) -> int:
         r["ratio"] = round(r["rate"] / bound, 3) if bound else None
         if r.get("srv_cpu") and r["rate"]:
             r["node_us_per_handshake"] = round(r["srv_cpu"] / r["rate"] * 1e6, 1)
-    best = max(rows, key=lambda r: r["rate"]) if rows else None
+    best_by_mode = {}
+    for r in rows:
+        mode = r.get("connector")
+        if mode not in best_by_mode or r["rate"] > best_by_mode[mode]["rate"]:
+            best_by_mode[mode] = r
+    # the verdict is the node's own cost: the polling connector's figure where it ran (see the docstring)
+    best = best_by_mode.get("polls") or (max(rows, key=lambda r: r["rate"]) if rows else None)
 
     if args.json:
         print(json.dumps({
@@ -540,6 +566,7 @@ def bench(args) -> int:
                        "load_cpu": args.load_cpu},
             "env": linkbench.env_info(), "crypto": crypto, "runs": rows, "node": node_info,
             "ratio": best["ratio"] if best else None, "target_ratio": TARGET_RATIO,
+            "ratio_by_connector": {mode: r["ratio"] for mode, r in best_by_mode.items()},
             "profile": profile, "errors": errors,
         }, indent=2))
         return 1 if errors else 0
@@ -564,13 +591,13 @@ def bench(args) -> int:
                                                "not reliable)"
                                        if spread > BOUND_SPREAD else ""))
     print()
-    head = ["in flight", "handshakes/s", "raw bound/s", "ratio", "node us/hs", "p50 ms", "p99 ms",
+    head = ["in flight", "connector", "handshakes/s", "raw bound/s", "ratio", "node us/hs", "p50 ms", "p99 ms",
             f"cpu{args.server_cpu} busy", "srv cpu", "gen cpu", "other", "SYN drops", "failed"]
     body = []
     for r in rows:
         cpus = r.get("cpus") or {}
         busy = cpus.get(str(args.server_cpu), {}).get("busy")
-        body.append([str(r["concurrency"]), f"{r['rate']:,.0f}", f"{bound:,.0f}" if bound else "n/a",
+        body.append([str(r["concurrency"]), r.get("connector", ""), f"{r['rate']:,.0f}", f"{bound:,.0f}" if bound else "n/a",
                      f"{r['ratio']:.3f}" if r.get("ratio") is not None else "n/a",
                      f"{r.get('node_us_per_handshake', 0):.0f}",
                      _ms(r.get("p50_ms")), _ms(r.get("p99_ms")),
@@ -597,10 +624,11 @@ def bench(args) -> int:
     if node_info.get("node_handshakes_success") is not None:
         print(f"  node counted {node_info['node_handshakes_success']:,.0f} successful handshakes in all runs "
               f"(warm-up included)")
-    if best:
-        verdict = "meets" if best["ratio"] >= TARGET_RATIO else "BELOW"
-        print(f"\nratio, handshakes/s / raw bound: {best['rate']:,.0f} / {bound:,.0f} = {best['ratio']:.3f} "
-              f"({verdict} the target {TARGET_RATIO})")
+    for mode, r in best_by_mode.items():
+        verdict = "meets" if r["ratio"] >= TARGET_RATIO else "BELOW"
+        print(f"\nratio, connector {mode}: handshakes/s / raw bound: {r['rate']:,.0f} / {bound:,.0f} = "
+              f"{r['ratio']:.3f} ({verdict} the target {TARGET_RATIO})"
+              + (" <- the verdict: the node's own cost" if r is best and len(best_by_mode) > 1 else ""))
     if profile:
         print()
         print(profile)
@@ -630,7 +658,7 @@ def profile_run(args, node: linkbench.Node, concurrency: int) -> str:
     t = threading.Thread(target=spy, daemon=True)
     t.start()
     try:
-        r = run_connector(args, node, concurrency)
+        r = run_connector(args, node, concurrency, args.connector[0])
     finally:
         args.pool = saved_pool
         t.join(timeout=30)

@@ -39,7 +39,7 @@ READY = re.compile(r"node ([0-9a-f]{16}) running")
 #: which another node on the machine may hold. Counters are exact (not blurred and
 #: refreshed once a minute), so that a few seconds' window reads them.
 BENCH_SETTINGS = (
-    'link.tcp=["tcp:0:interface=127.0.0.1"]',
+    'link.tcp=["tcp:0:interface=127.0.0.1:backlog=1024"]',  # the shipped default's accept queue
     'dht.udp=["127.0.0.1:0"]',
     "metrics.blur_interval=0",
     "link.messages_per_minute=100000000",
