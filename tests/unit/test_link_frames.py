@@ -111,3 +111,59 @@ def test_long_reasons_are_cut_at_a_character_boundary():
 def test_capability_mask_uses_spec_bit_numbers():
     assert frames.capability_mask(frames.Capability.RELAY, frames.Capability.PEX) == 0b100001
     assert frames.Capability.GROUPS == 10
+
+
+# -- an initiator's usual second flight, read in one piece ------------------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_FLIGHT = [frames.Hello(frames.Role.CLIENT, (0x0300,), 0b100001, ("padding",)),
+           frames.AuthChallenge(bytes(range(32))),
+           frames.AuthResponse(b"\x01" * 32, 1_700_000_000_000, b"\x02" * 64)]
+_FLIGHT_RECORD = frames.pack_record([frames.encode(f) for f in _FLIGHT])
+
+
+def _frame_by_frame(plaintext: bytes):
+    """What a reader that goes frame by frame makes of a record: its frames, or the error."""
+    try:
+        return [frames.decode(raw) for raw in frames.split_record(plaintext)]
+    except FrameError as error:
+        return error.code
+
+
+def test_the_usual_second_flight_is_read_in_one_piece():
+    assert list(frames.initiator_flight(_FLIGHT_RECORD)) == _FLIGHT
+
+
+@pytest.mark.parametrize("record", [
+    frames.pack_record([frames.encode(f) for f in _FLIGHT[:2]]),  # no AUTH_RESPONSE (a client that waits)
+    frames.pack_record([frames.encode(f) for f in (_FLIGHT[1], _FLIGHT[0], _FLIGHT[2])]),  # another order
+    _FLIGHT_RECORD + frames.pack_record([frames.encode(frames.Padding(b""))]),  # more after it
+    _FLIGHT_RECORD[:-1],
+    b"",
+])
+def test_other_records_are_left_to_the_frame_by_frame_reader(record):
+    assert frames.initiator_flight(record) is None
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.data())
+def test_one_piece_and_frame_by_frame_agree_on_any_record(data):
+    """initiator_flight reads exactly the records the general reader reads as HELLO, AUTH_CHALLENGE,
+    AUTH_RESPONSE, and the same frames from them."""
+    record = bytearray(_FLIGHT_RECORD)
+    for _ in range(data.draw(st.integers(0, 4))):
+        where = data.draw(st.integers(0, len(record) - 1))
+        record[where] = data.draw(st.integers(0, 255))
+    hello_body = data.draw(st.binary(max_size=80))
+    choice = data.draw(st.sampled_from(["mutated", "hello body", "any"]))
+    if choice == "hello body":
+        record = bytearray(frames.pack_record([b"\x01" + hello_body, *[frames.encode(f) for f in _FLIGHT[1:]]]))
+    elif choice == "any":
+        record = bytearray(data.draw(st.binary(max_size=300)))
+    one_piece = frames.initiator_flight(bytes(record))
+    general = _frame_by_frame(bytes(record))
+    usual = isinstance(general, list) and [type(f) for f in general] == [type(f) for f in _FLIGHT]
+    assert (one_piece is not None) == usual
+    if usual:
+        assert list(one_piece) == general

@@ -46,11 +46,16 @@ def _secret(key: SigningKey) -> tuple[bytes, bytes]:
     return found[1], found[2]
 
 
-def respond(key: SigningKey, side: bytes, challenge: bytes, now_ms: int, binding: bytes) -> AuthResponse:
+def sign(key: SigningKey, side: bytes, challenge: bytes, now_ms: int, binding: bytes) -> tuple[bytes, bytes]:
+    """``(public key, signature)`` of an AUTH_RESPONSE to ``challenge``."""
     # libsodium's binding directly: the same signature as key.sign(...).signature, without
     # the SignedMessage and encoder around it.
     secret, public = _secret(key)
-    signature = crypto_sign(signed_bytes(side, challenge, now_ms, binding), secret)[:64]
+    return public, crypto_sign(signed_bytes(side, challenge, now_ms, binding), secret)[:64]
+
+
+def respond(key: SigningKey, side: bytes, challenge: bytes, now_ms: int, binding: bytes) -> AuthResponse:
+    public, signature = sign(key, side, challenge, now_ms, binding)
     return AuthResponse(public, now_ms, signature)
 
 

@@ -459,12 +459,24 @@ def _encode_hello_ack(f: HelloAck) -> bytes:
         f.features)
 
 
+def encode_auth_challenge(nonce: bytes) -> bytes:
+    return b"\x03" + nonce
+
+
+def encode_auth_response(public_key: bytes, timestamp_ms: int, signature: bytes) -> bytes:
+    return b"\x04" + _AUTH_RESPONSE.pack(public_key, timestamp_ms, signature)
+
+
+def encode_auth_ok(session_token: bytes) -> bytes:
+    return b"\x05" + session_token
+
+
 _ENCODERS: dict[type, Callable[[object], bytes]] = {
     Hello: _encode_hello,
     HelloAck: _encode_hello_ack,
-    AuthChallenge: lambda f: b"\x03" + f.nonce,
-    AuthResponse: lambda f: b"\x04" + _AUTH_RESPONSE.pack(f.public_key, f.timestamp_ms, f.signature),
-    AuthOk: lambda f: b"\x05" + f.session_token,
+    AuthChallenge: lambda f: encode_auth_challenge(f.nonce),
+    AuthResponse: lambda f: encode_auth_response(f.public_key, f.timestamp_ms, f.signature),
+    AuthOk: lambda f: encode_auth_ok(f.session_token),
     Ping: lambda f: b"\x06" + _PING.pack(f.timestamp_ms, f.nonce, f.sequence),
     Pong: lambda f: b"\x07" + _PONG.pack(f.timestamp_ms, f.nonce, f.sequence, f.received_ms),
     Close: lambda f: b"\x08" + _CODE.pack(f.code) + _encode_reason(f.reason),
@@ -637,6 +649,42 @@ def decode(data: bytes) -> Frame:
     return decoder(data[1:])
 
 
+#: What follows HELLO in an initiator's usual second flight: AUTH_CHALLENGE and AUTH_RESPONSE, each with
+#: its length in the record.
+_FLIGHT_TAIL = struct.Struct("!HB32sHB32sQ64s")
+_CHALLENGE_SIZE, _RESPONSE_SIZE = 1 + 32, 1 + _AUTH_RESPONSE.size
+_HELLO, _AUTH_CHALLENGE, _AUTH_RESPONSE_TYPE = int(FrameType.HELLO), int(FrameType.AUTH_CHALLENGE), int(
+    FrameType.AUTH_RESPONSE)
+
+
+def initiator_flight(plaintext: bytes) -> tuple[Hello, AuthChallenge, AuthResponse] | None:
+    """The frames of a record that is exactly HELLO, AUTH_CHALLENGE, AUTH_RESPONSE, or None.
+
+    What an initiator sends once the channel is up (see session.py), read at
+    fixed offsets: the frames are those :func:`split_record` and
+    :func:`decode` give for such a record. For anything else, malformed
+    records included, None, and the caller reads the record frame by frame
+    (which says what is wrong with it).
+    """
+    end = len(plaintext)
+    if end < 3 or plaintext[2] != _HELLO:
+        return None
+    size = (plaintext[0] << 8) | plaintext[1]
+    hello_end = 2 + size
+    if size == 0 or size > MAX_FRAME or hello_end + _FLIGHT_TAIL.size != end:
+        return None
+    challenge_size, challenge_type, nonce, response_size, response_type, public_key, timestamp_ms, signature = \
+        _FLIGHT_TAIL.unpack_from(plaintext, hello_end)
+    if challenge_size != _CHALLENGE_SIZE or challenge_type != _AUTH_CHALLENGE \
+            or response_size != _RESPONSE_SIZE or response_type != _AUTH_RESPONSE_TYPE:
+        return None
+    try:
+        hello = _decode_hello(plaintext[3:hello_end])
+    except FrameError:
+        return None
+    return hello, AuthChallenge(nonce), AuthResponse(public_key, timestamp_ms, signature)
+
+
 def type_name(frame: Frame) -> str:
     """A metric label for a frame."""
     return _NAMES[type(frame)]
@@ -650,6 +698,8 @@ _NAMES = {
     Onion: "onion", PunchRequest: "punch_request", Punch: "punch", Padding: "padding",
 }
 FRAME_NAMES = tuple(_NAMES.values())
+#: The metric label of each frame class (type_name's table, for loops that look it up themselves).
+FRAME_NAME_OF = _NAMES
 #: The metric label of each frame type, by its type byte.
 TYPE_NAMES = {int(kind): kind.name.lower() for kind in FrameType}
 

@@ -83,6 +83,7 @@ _SEND, _DELIVER = frames.FrameType.SEND.value, frames.FrameType.DELIVER.value
 _SEND_FIELDS = struct.Struct("!HB16s32s").unpack_from
 _SEND_FIELDS_SIZE = 2 + _SEND_HEAD
 _MAX_FRAME = frames.MAX_FRAME
+_FRAME_NAMES = frames.FRAME_NAME_OF
 _RECEIPT_SIZE = len(frames.encode(frames.Receipt(bytes(16), 0)))
 _RECEIPT_HEAD = _FRAME_HEAD(_RECEIPT_SIZE, frames.FrameType.RECEIPT)
 #: RECEIPTs built together: as many as fill one record.
@@ -109,6 +110,9 @@ class Priority(enum.IntEnum):
     KEY_EXCHANGE = 1
     MESSAGE = 2
     BACKGROUND = 3  # presence, PEX
+
+
+_CONTROL = int(Priority.CONTROL)  # the queue index, without the enum's lookup in hot paths
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,12 +449,13 @@ class LinkConnection:
         events: list[Event] = []
         frames_in = self.stats.frames_in
         try:
-            for raw in frames.split_record(plaintext):
-                frame = frames.decode(raw)
-                name = frames.type_name(frame)
+            # a responder's commonest record in a handshake, read in one piece; the same frames either way
+            flight = None if self.initiator or self._hello_done else frames.initiator_flight(plaintext)
+            for frame in flight if flight is not None else map(frames.decode, frames.split_record(plaintext)):
+                name = _FRAME_NAMES[type(frame)]
                 frames_in[name] = frames_in.get(name, 0) + 1
                 events += self._frame(frame, now)
-                if self.state in (State.CLOSING, State.CLOSED):
+                if self.state is State.CLOSING or self.state is State.CLOSED:
                     break
         except FrameError as error:
             events += self._close(error.code, error.detail, by_peer=False)
@@ -579,7 +584,7 @@ class LinkConnection:
             # The responder's challenge leaves with its Noise reply (or first thing
             # on TLS), so that the initiator answers it beside its HELLO: the
             # handshake takes two round trips after the transport's, not three.
-            self._queue(AuthChallenge(self._our_challenge), Priority.CONTROL)
+            self._queue_encoded("auth_challenge", frames.encode_auth_challenge(self._our_challenge), _CONTROL)
         return []
 
     def _send_hello(self, now: float) -> None:
@@ -596,7 +601,9 @@ class LinkConnection:
             return  # resuming: answered only if the relay refuses the RESUME
         self._challenge_answered = True
         side = auth.INITIATOR if self.initiator else auth.RESPONDER
-        self._queue(auth.respond(self._key, side, self._peer_challenge, _ms(now), self._binding), Priority.CONTROL)
+        stamp = _ms(now)
+        public, signature = auth.sign(self._key, side, self._peer_challenge, stamp, self._binding)
+        self._queue_encoded("auth_response", frames.encode_auth_response(public, stamp, signature), _CONTROL)
 
     # -- frames --------------------------------------------------------------
 
@@ -639,7 +646,7 @@ class LinkConnection:
         # our own capabilities and features, not the intersection: each side
         # computes that, and learns what the other offered (its wishes among them)
         s = self.settings
-        self._queue(HelloAck(self.role, version, s.capabilities, s.features), Priority.CONTROL)
+        self._queue_encoded("hello_ack", _hello_ack(self.role, version, s.capabilities, s.features), _CONTROL)
         return []  # our AUTH_CHALLENGE went out with the channel (see _channel_ready)
 
     def _hello_ack(self, ack: HelloAck) -> list[Event]:
@@ -672,7 +679,7 @@ class LinkConnection:
                 return self._activate(now, self._resume_token, resumed=True)
             return []
         token = self._make_token(self.peer_id) if self._make_token is not None else self._rng(32)
-        self._queue(AuthOk(token), Priority.CONTROL)
+        self._queue_encoded("auth_ok", frames.encode_auth_ok(token), _CONTROL)
         return self._activate(now, token)
 
     def _resume_requested(self, resume: Resume, now: float) -> list[Event]:
@@ -997,10 +1004,12 @@ class LinkConnection:
     # -- output --------------------------------------------------------------
 
     def _queue(self, frame: frames.Frame, priority: Priority) -> None:
-        encoded = frames.encode(frame)
+        self._queue_encoded(_FRAME_NAMES[type(frame)], frames.encode(frame), priority)
+
+    def _queue_encoded(self, name: str, encoded: bytes, priority: int) -> None:
+        """An encoded frame (``type ‖ body``) and its metric label."""
         self._queues[priority].append(_LENGTH(len(encoded)) + encoded)
         frames_out = self.stats.frames_out
-        name = frames.type_name(frame)
         frames_out[name] = frames_out.get(name, 0) + 1
 
     def pending(self) -> bool:
@@ -1040,10 +1049,14 @@ class LinkConnection:
             seal(batch, records)
         if self._reader is None:
             return self._count_out(units + records)
-        pieces = [noise_frame(u) for u in units]
+        pieces = [noise_frame(u) for u in units] if units else []
         for record in records:
             pieces += (_LENGTH(len(record)), record)
-        return self._count_out([b"".join(pieces)] if pieces else [])
+        if not pieces:
+            return []
+        out = b"".join(pieces)
+        self.stats.bytes_out += len(out)
+        return [out]
 
     def _seal(self, batch: list[bytes], records: list[bytes]) -> None:
         plaintext = batch[0] if len(batch) == 1 else b"".join(batch)
@@ -1074,6 +1087,20 @@ def _negotiate(ours: tuple[int, ...], theirs: tuple[int, ...]) -> int | None:
     major = max(ours) >> 8
     common = [v for v in set(ours) & set(theirs) if v >> 8 == major]
     return max(common) if common else None
+
+
+#: Encoded HELLO_ACKs: a node answers every HELLO with one of very few.
+_HELLO_ACKS: dict[tuple[Role, int, int, tuple[str, ...]], bytes] = {}
+
+
+def _hello_ack(role: Role, version: int, capabilities: int, features: tuple[str, ...]) -> bytes:
+    key = (role, version, capabilities, features)
+    encoded = _HELLO_ACKS.get(key)
+    if encoded is None:
+        if len(_HELLO_ACKS) >= 64:
+            _HELLO_ACKS.clear()
+        encoded = _HELLO_ACKS[key] = frames.encode(HelloAck(role, version, capabilities, features))
+    return encoded
 
 
 def _ms(now: float) -> int:
