@@ -465,10 +465,10 @@ def test_a_write_the_socket_does_not_take_whole_goes_to_the_transport(setup):
         sock.close()
 
 
-def test_a_tcp_listener_gives_accepted_sockets_tcp_nodelay_and_defers_accept_until_data():
+def test_a_tcp_listener_gives_accepted_sockets_tcp_nodelay():
     import socket
 
-    from zentalk_relay.link.service import DEFER_ACCEPT_SECONDS, _tune_listener
+    from zentalk_relay.link.service import _no_delay_on_listener
 
     class Port:  # what matters of twisted.internet.tcp.Port
         def __init__(self, sock):
@@ -477,86 +477,16 @@ def test_a_tcp_listener_gives_accepted_sockets_tcp_nodelay_and_defers_accept_unt
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
-    listener.settimeout(5)
-    assert _tune_listener(Port(listener)) == (True, True)
-    assert listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) >= DEFER_ACCEPT_SECONDS
+    assert _no_delay_on_listener(Port(listener)) is True
     client = socket.create_connection(listener.getsockname(), timeout=5)  # the kernel makes its socket now
     try:
-        listener.setblocking(False)
-        with pytest.raises(BlockingIOError):
-            listener.accept()  # connected, but nothing sent: not handed over yet
-        client.sendall(b"first")
-        listener.settimeout(5)
         accepted, _ = listener.accept()
         with accepted:
             assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-            assert accepted.recv(16) == b"first"
-        assert _tune_listener(Port(None)) == (False, False)  # not a socket (a UNIX endpoint's port, a test's)
+        assert _no_delay_on_listener(Port(None)) is False  # not a socket (a UNIX endpoint's port, a test's)
     finally:
         client.close()
         listener.close()
-
-
-def test_a_link_accepted_with_its_first_bytes_answers_them_at_once(setup):
-    """With read_at_once the server reads Noise message 1 in connectionMade: its reply is on the socket
-    before anything else runs."""
-    import socket
-
-    reactor, hub, identity = setup()
-    wire = Wire(reactor, hub, identity)
-    ours, theirs = socket.socketpair()
-    ours.setblocking(False)
-    theirs.setblocking(False)
-    try:
-        theirs.sendall(wire.client_transport.value())  # message 1, already in when the link is made
-        wire.client_transport.clear()
-        wire.server_side = hub.build(Carrier.NOISE_STREAM, IPv4Address("TCP", "192.0.2.12", 40000))
-        wire.server_side.read_at_once = True
-        wire.server_transport = _SocketTransport(ours, peerAddress=IPv4Address("TCP", "192.0.2.12", 40000))
-        wire.server_side.makeConnection(wire.server_transport)
-        reply = theirs.recv(65536)
-        assert reply  # the Noise reply and AUTH_CHALLENGE
-        wire.client_side.dataReceived(reply)
-        wire.server_transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.12", 40000))
-        for _ in range(10):
-            data = wire.client_transport.value()
-            if data:
-                wire.client_transport.clear()
-                wire.server_side.dataReceived(data)
-            try:
-                sent = theirs.recv(65536)
-            except BlockingIOError:
-                sent = b""
-            if sent:
-                wire.client_side.dataReceived(sent)
-            if not data and not sent:
-                break
-        assert wire.client_side.state is State.ACTIVE and wire.server_side.state is State.ACTIVE
-    finally:
-        ours.close()
-        theirs.close()
-
-
-def test_reading_at_once_leaves_nothing_yet_and_the_end_to_the_transport(setup):
-    import socket
-
-    reactor, hub, identity = setup()
-    for send_end in (False, True):
-        ours, theirs = socket.socketpair()
-        ours.setblocking(False)
-        try:
-            if send_end:
-                theirs.shutdown(socket.SHUT_WR)
-            side = hub.build(Carrier.NOISE_STREAM, IPv4Address("TCP", "192.0.2.13", 40000))
-            side.read_at_once = True
-            transport = _SocketTransport(ours, peerAddress=IPv4Address("TCP", "192.0.2.13", 40000))
-            side.makeConnection(transport)
-            assert side.state is State.HANDSHAKE and not transport.disconnecting
-            if send_end:
-                assert ours.recv(16) == b""  # still there for the transport's own read
-        finally:
-            ours.close()
-            theirs.close()
 
 
 class _NoDelayCounting(StringTransport):

@@ -37,8 +37,6 @@ log = logger(__name__)
 
 ALPN = b"zentalk/3"
 EXPORTER_LABEL = b"EXPORTER-Channel-Binding"
-#: What one read takes, as Twisted's own reads (FileDescriptor.bufferSize).
-_READ_SIZE = 65536
 
 
 class LinkOwner(TypingProtocol):
@@ -274,8 +272,6 @@ class StreamLinkProtocol(LinkAdapter, Protocol):
 
     #: Set by a listener whose socket has TCP_NODELAY, which accepted sockets inherit.
     no_delay_inherited = False
-    #: Set by a listener with TCP_DEFER_ACCEPT: the first bytes are there when the link is made.
-    read_at_once = False
 
     def __init__(self, reactor, owner: LinkOwner, make: Callable[[float], LinkConnection], tls: bool) -> None:
         LinkAdapter.__init__(self, reactor, owner, make)
@@ -299,22 +295,6 @@ class StreamLinkProtocol(LinkAdapter, Protocol):
         # of them back, and a link closed in its handshake saves the system call.
         self.transport.registerProducer(self, True)
         self._started()
-        if self.read_at_once and self._socket is not None:
-            self._read_now()
-
-    def _read_now(self) -> None:
-        """Read the first bytes now rather than on the next turn of the loop (see read_at_once).
-
-        Only bytes are taken: nothing yet, the end or an error is left for the
-        transport, whose next read finds the same (a reset, once reported here,
-        reads as the end).
-        """
-        try:
-            data = self._socket.recv(_READ_SIZE)
-        except OSError:
-            return
-        if data:
-            self.dataReceived(data)
 
     def _no_delay(self) -> None:
         # Records are already batched per flush; Nagle would only add delay.

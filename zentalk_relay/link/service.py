@@ -286,44 +286,26 @@ class _LinkFactory(Factory):
         self._carrier = carrier
         #: The listening socket has TCP_NODELAY, which Linux copies to every accepted socket.
         self.no_delay = False
-        #: The listening socket has TCP_DEFER_ACCEPT: a connection is accepted once its first bytes are in.
-        self.data_first = False
 
     def buildProtocol(self, addr):
         protocol = self._hub.build(self._carrier, addr)
         protocol.factory = self
         protocol.no_delay_inherited = self.no_delay
-        protocol.read_at_once = self.data_first
         return protocol
 
 
-#: Seconds the kernel holds a connection that has sent nothing before handing it over anyway.
-DEFER_ACCEPT_SECONDS = 5
-
-
-def _tune_listener(port) -> tuple[bool, bool]:
-    """TCP_NODELAY and TCP_DEFER_ACCEPT on a listening TCP socket (Linux); which of the two took.
-
-    Accepted sockets inherit TCP_NODELAY: one system call per listener instead
-    of one per link. TCP_DEFER_ACCEPT, because every link's initiator speaks
-    first (Noise message 1, a TLS ClientHello, an HTTP upgrade): a connection
-    reaches the node once its first bytes are there, so a link is accepted and
-    its first message read in one turn of the loop, and connections that never
-    send anything wait in the kernel, not in the node's limits.
-    """
+def _no_delay_on_listener(port) -> bool:
+    """TCP_NODELAY on a listening TCP socket, so that accepted ones start with it (Linux copies the
+    option to them): one system call per listener instead of one per link. False where it cannot."""
     handle = getattr(port, "socket", None)
     if not sys.platform.startswith("linux") or not isinstance(handle, socket.socket) \
             or handle.type != socket.SOCK_STREAM or handle.family not in (socket.AF_INET, socket.AF_INET6):
-        return False, False
-    took = []
-    for option, value in ((socket.TCP_NODELAY, 1), (socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT_SECONDS)):
-        try:
-            handle.setsockopt(socket.IPPROTO_TCP, option, value)
-        except OSError:
-            took.append(False)
-        else:
-            took.append(True)
-    return took[0], took[1]
+        return False
+    try:
+        handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        return False
+    return True
 
 
 def _tls_context(config: LinkConfig) -> ReloadableTLS:
@@ -384,7 +366,7 @@ class LinkService(Service):
         try:
             for description in self._config.tcp:
                 links = _LinkFactory(self.hub, Carrier.NOISE_STREAM)
-                links.no_delay, links.data_first = _tune_listener(self._listen("tcp", description, links))
+                links.no_delay = _no_delay_on_listener(self._listen("tcp", description, links))
             if self._config.tls:
                 if not (self._config.tls_certificate and self._config.tls_private_key):
                     raise ListenError("link.tls needs link.tls_certificate and link.tls_private_key")
@@ -392,7 +374,7 @@ class LinkService(Service):
 
                 self.tls = _tls_context(self._config)
                 links = _LinkFactory(self.hub, Carrier.TLS_STREAM)
-                links.no_delay, _ = _tune_listener(  # TLS reads through its own layer: no early read
+                links.no_delay = _no_delay_on_listener(
                     self._listen("tls", self._config.tls, TLSMemoryBIOFactory(self.tls, False, links)))
             if self._config.websocket:
                 from twisted.web.resource import Resource
@@ -410,7 +392,7 @@ class LinkService(Service):
                 site = Site(root)
                 site.noisy = False
                 site.log = lambda request: None
-                _tune_listener(self._listen("ws", self._config.websocket, site))
+                self._listen("ws", self._config.websocket, site)
         except Exception:
             self._close_ports()
             raise
