@@ -401,11 +401,14 @@ def _read_features(body: bytes, offset: int) -> tuple[tuple[str, ...], int]:
     return tuple(names), offset
 
 
+_ROLES = {int(role): role for role in Role}
+
+
 def _role(value: int) -> Role:
-    try:
-        return Role(value)
-    except ValueError:
-        raise FrameError(ErrorCode.PROTOCOL_ERROR, f"unknown role {value}") from None
+    role = _ROLES.get(value)  # a dict: Role(value) costs several times as much, per handshake
+    if role is None:
+        raise FrameError(ErrorCode.PROTOCOL_ERROR, f"unknown role {value}")
+    return role
 
 
 def _reason(raw: bytes) -> str:
@@ -501,6 +504,10 @@ _ENCODERS: dict[type, Callable[[object], bytes]] = {
 # -- decoding ---------------------------------------------------------------
 
 
+#: A HELLO's version list of each length, read in one call.
+_VERSION_LISTS = [struct.Struct(f"!{count}H") for count in range(MAX_VERSIONS + 1)]
+
+
 def _decode_hello(body: bytes) -> Hello:
     _at_least(body, 2, "HELLO")
     role, count = _role(body[0]), body[1]
@@ -508,7 +515,7 @@ def _decode_hello(body: bytes) -> Hello:
         raise FrameError(ErrorCode.PROTOCOL_ERROR, f"HELLO lists {count} versions")
     end = 2 + 2 * count
     _at_least(body, end + 4, "HELLO")
-    versions = tuple(_U16.unpack_from(body, 2 + 2 * i)[0] for i in range(count))
+    versions = _VERSION_LISTS[count].unpack_from(body, 2)
     (capabilities,) = _U32.unpack_from(body, end)
     features, offset = _read_features(body, end + 4)
     if offset != len(body):
