@@ -212,10 +212,11 @@ class CipherState:
     __slots__ = ("_encrypt", "_decrypt", "_has_key", "n")
 
     def __init__(self, key: bytes | None = None) -> None:
-        self.n = 0
-        self._has_key = False
-        self._encrypt = self._decrypt = _no_key
-        if key is not None:
+        if key is None:
+            self.n = 0
+            self._has_key = False
+            self._encrypt = self._decrypt = _no_key
+        else:
             self.initialize_key(key)
 
     def initialize_key(self, key: bytes) -> None:

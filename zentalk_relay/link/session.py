@@ -661,7 +661,8 @@ class LinkConnection:
         self.version = version
         self.peer_features = features
         self.capabilities = self.settings.capabilities & capabilities
-        self.features = tuple(name for name in self.settings.features if name in features)
+        ours = self.settings.features
+        self.features = tuple(name for name in ours if name in features) if ours and features else ()
         self._hello_done = True
 
     def _auth_response(self, response: AuthResponse, now: float) -> list[Event]:
@@ -1084,9 +1085,18 @@ _APPLICATION = (Receipt, Error, frames.Pex, frames.SyncRequest, frames.SyncRespo
 
 def _negotiate(ours: tuple[int, ...], theirs: tuple[int, ...]) -> int | None:
     """Highest common version whose MAJOR equals our highest MAJOR."""
+    key = (ours, theirs)
+    if key in _NEGOTIATED:  # nearly every HELLO lists the same versions
+        return _NEGOTIATED[key]
     major = max(ours) >> 8
     common = [v for v in set(ours) & set(theirs) if v >> 8 == major]
-    return max(common) if common else None
+    if len(_NEGOTIATED) >= 64:
+        _NEGOTIATED.clear()
+    chosen = _NEGOTIATED[key] = max(common) if common else None
+    return chosen
+
+
+_NEGOTIATED: dict[tuple[tuple[int, ...], tuple[int, ...]], int | None] = {}
 
 
 #: Encoded HELLO_ACKs: a node answers every HELLO with one of very few.
