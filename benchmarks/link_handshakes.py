@@ -30,8 +30,9 @@ node does its whole part on every handshake.
 How the connector waits matters to the node's figure, so both ways run
 (``--connector``). On loopback each of the node's two writes per handshake
 runs the connector's side of TCP and, if the connector sleeps in
-epoll_wait, wakes it on its own CPU: on these virtual machines a sleeping
-CPU is woken by an interrupt through the hypervisor, tens of microseconds
+epoll_wait, wakes it: an inter-processor interrupt to the connector's CPU,
+which on these virtual machines goes through the hypervisor (it costs the
+same with another process keeping that CPU busy), tens of microseconds
 charged to the node's send() that a relay writing to remote clients through
 a network card never pays (perf: sendto -> tcp_v4_rcv -> sock_def_readable ->
 the wake-up). ``polls``: the connector never sleeps (epoll_wait with a zero
