@@ -24,6 +24,7 @@ authenticated both ways and a client knows it reached the relay it pinned.
 from __future__ import annotations
 
 import enum
+import functools
 import os
 import struct
 from collections import deque
@@ -646,7 +647,7 @@ class LinkConnection:
         # our own capabilities and features, not the intersection: each side
         # computes that, and learns what the other offered (its wishes among them)
         s = self.settings
-        self._queue_encoded("hello_ack", _hello_ack(self.role, version, s.capabilities, s.features), _CONTROL)
+        self._queue_encoded("hello_ack", _encoded_hello_ack(self.role, version, s.capabilities, s.features), _CONTROL)
         return []  # our AUTH_CHALLENGE went out with the channel (see _channel_ready)
 
     def _hello_ack(self, ack: HelloAck) -> list[Event]:
@@ -1050,14 +1051,10 @@ class LinkConnection:
             seal(batch, records)
         if self._reader is None:
             return self._count_out(units + records)
-        pieces = [noise_frame(u) for u in units] if units else []
+        pieces = [noise_frame(u) for u in units]
         for record in records:
             pieces += (_LENGTH(len(record)), record)
-        if not pieces:
-            return []
-        out = b"".join(pieces)
-        self.stats.bytes_out += len(out)
-        return [out]
+        return self._count_out([b"".join(pieces)] if pieces else [])
 
     def _seal(self, batch: list[bytes], records: list[bytes]) -> None:
         plaintext = batch[0] if len(batch) == 1 else b"".join(batch)
@@ -1083,34 +1080,18 @@ _APPLICATION = (Receipt, Error, frames.Pex, frames.SyncRequest, frames.SyncRespo
                 frames.PunchRequest, frames.Punch)
 
 
+@functools.lru_cache(maxsize=64)  # nearly every HELLO lists the same versions
 def _negotiate(ours: tuple[int, ...], theirs: tuple[int, ...]) -> int | None:
     """Highest common version whose MAJOR equals our highest MAJOR."""
-    key = (ours, theirs)
-    if key in _NEGOTIATED:  # nearly every HELLO lists the same versions
-        return _NEGOTIATED[key]
     major = max(ours) >> 8
     common = [v for v in set(ours) & set(theirs) if v >> 8 == major]
-    if len(_NEGOTIATED) >= 64:
-        _NEGOTIATED.clear()
-    chosen = _NEGOTIATED[key] = max(common) if common else None
-    return chosen
+    return max(common) if common else None
 
 
-_NEGOTIATED: dict[tuple[tuple[int, ...], tuple[int, ...]], int | None] = {}
-
-
-#: Encoded HELLO_ACKs: a node answers every HELLO with one of very few.
-_HELLO_ACKS: dict[tuple[Role, int, int, tuple[str, ...]], bytes] = {}
-
-
-def _hello_ack(role: Role, version: int, capabilities: int, features: tuple[str, ...]) -> bytes:
-    key = (role, version, capabilities, features)
-    encoded = _HELLO_ACKS.get(key)
-    if encoded is None:
-        if len(_HELLO_ACKS) >= 64:
-            _HELLO_ACKS.clear()
-        encoded = _HELLO_ACKS[key] = frames.encode(HelloAck(role, version, capabilities, features))
-    return encoded
+@functools.lru_cache(maxsize=64)  # a node answers every HELLO with one of very few
+def _encoded_hello_ack(role: Role, version: int, capabilities: int, features: tuple[str, ...]) -> bytes:
+    """An encoded HELLO_ACK."""
+    return frames.encode(HelloAck(role, version, capabilities, features))
 
 
 def _ms(now: float) -> int:
