@@ -99,8 +99,13 @@ class LinkAdapter:
     # -- shared --------------------------------------------------------------
 
     def _started(self) -> None:
-        self.conn = self._make(self.reactor.seconds())
-        self._handle(self.conn.connection_made(self.reactor.seconds()))
+        now = self.reactor.seconds()
+        conn = self.conn = self._make(now)
+        events = conn.connection_made(now)
+        if events or conn.pending():
+            self._handle(events)
+        else:  # a responder waits for the peer to speak: only its handshake deadline to arm
+            self._arm()
 
     def _handle(self, events: list[Event]) -> None:
         for event in events:
@@ -288,6 +293,11 @@ class StreamLinkProtocol(LinkAdapter, Protocol):
             sock = handle() if handle is not None else None
             if isinstance(sock, socket.socket) and sock.gettimeout() == 0.0:
                 self._socket = sock
+                # Twisted calls shutdown() before close() in case another process shares the
+                # descriptor; none does here (the node never forks), and on a link its peer
+                # reset, the commonest end, that call only fails: a system call and an
+                # exception per link for nothing. close() sends the same FIN (or RST).
+                self.transport._shouldShutdown = False
         if self._socket is None:
             self._no_delay()
         # else at the end of the direct writes: each of them answers the peer's

@@ -195,8 +195,7 @@ class LinkHub:
                     del self.by_peer[conn.peer_id]
 
     def link_lost(self, adapter: LinkAdapter) -> None:
-        """The transport is gone: release what the link held."""
-        self.link_closed(adapter, ErrorCode.NORMAL, "", True)
+        """The transport is gone: release what the link held (its adapter reported link_closed first)."""
         if self.router is not None:
             self.router.link_lost(adapter)
         if adapter not in self.adapters:
