@@ -101,14 +101,14 @@ def test_a_stopping_relay_sends_on_what_the_mixer_holds():
 
 
 def test_packets_due_together_leave_in_one_batch_of_writes():
-    from zentalk_relay.link.protocol import LinkAdapter
+    from zentalk_relay.link.protocol import _batch
 
     clock, router, mesh, _, public = _router(0.05)
     batches = []
     original = mesh.forward
 
     def forward(node_id, frame):
-        batches.append(LinkAdapter._batch)  # noqa: SLF001 - the batch the write joins, None if written at once
+        batches.append(_batch.adapters)  # the batch the write joins, None if written at once
         original(node_id, frame)
 
     mesh.forward = forward

@@ -60,6 +60,23 @@ class LinkOwner(TypingProtocol):
         """The transport is gone (after link_closed)."""
 
 
+class _Batch:
+    """The adapters with frames queued during the input being handled; None outside one.
+
+    A module-level holder, not a class attribute of LinkAdapter: assigning to
+    a class attribute makes the interpreter drop its attribute caches for that
+    class and every subclass, and this changes twice per input.
+    """
+
+    __slots__ = ("adapters",)
+
+    def __init__(self) -> None:
+        self.adapters: set | None = None
+
+
+_batch = _Batch()
+
+
 @implementer(IPushProducer)
 class LinkAdapter:
     """The carrier-independent half: events, timer, flushing, back-pressure.
@@ -69,9 +86,6 @@ class LinkAdapter:
     input is done, so that a read carrying many SENDs leaves as a few records
     per link instead of one record, one AEAD call and one write per frame.
     """
-
-    #: Adapters with frames queued during the input being handled; None outside one.
-    _batch: set | None = None
 
     def __init__(self, reactor, owner: LinkOwner, make: Callable[[float], LinkConnection]) -> None:
         self.reactor = reactor
@@ -168,7 +182,7 @@ class LinkAdapter:
         return True
 
     def _flush_soon(self) -> None:
-        batch = LinkAdapter._batch
+        batch = _batch.adapters
         if batch is None:
             self.flush()
         else:
@@ -176,14 +190,14 @@ class LinkAdapter:
 
     def _input(self, receive: Callable[[bytes, float], list[Event]], data: bytes) -> None:
         """Handle input with the writes it causes on every link batched to its end (see :func:`batched`)."""
-        if LinkAdapter._batch is not None:
+        if _batch.adapters is not None:
             self._handle(receive(data, self.reactor.seconds()))
             return
-        LinkAdapter._batch = batch = set()
+        _batch.adapters = batch = set()
         try:
             self._handle(receive(data, self.reactor.seconds()))
         finally:
-            LinkAdapter._batch = None
+            _batch.adapters = None
             for adapter in batch:
                 adapter.flush()
 
@@ -259,14 +273,14 @@ def batched(work: Callable[[], object]) -> None:
     Link input uses it; so does anything else that answers many links at once
     (a mailbox commit acknowledging a whole batch of messages).
     """
-    outer = LinkAdapter._batch is None
+    outer = _batch.adapters is None
     if outer:
-        LinkAdapter._batch = set()
+        _batch.adapters = set()
     try:
         work()
     finally:
         if outer:
-            batch, LinkAdapter._batch = LinkAdapter._batch, None
+            batch, _batch.adapters = _batch.adapters, None
             for adapter in batch:
                 adapter.flush()
 

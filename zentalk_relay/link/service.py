@@ -68,6 +68,7 @@ class LinkHub:
         self._replays: OrderedDict[bytes, float] = OrderedDict()
         self._rtt_observer = rtt_observer
         self._link_private = bytes(identity.link_key)
+        self._link_public = identity.link_public
         self._drained: list[Deferred] = []
         #: token -> (expires, peer id, role, version, capabilities, features): plain values only, so
         #: that the cyclic garbage collector stops tracking them (it untracks tuples of atoms); the
@@ -95,14 +96,15 @@ class LinkHub:
         self._pending.add(adapter)
         return adapter
 
+    def _prune_sessions(self, now: float) -> None:
+        """Drop expired sessions, and the oldest beyond MAX_SESSIONS (all expire after the same time)."""
+        sessions = self._sessions
+        while sessions and (next(iter(sessions.values()))[0] <= now or len(sessions) > MAX_SESSIONS):
+            sessions.popitem(last=False)
+
     def _resume(self, token: bytes) -> Authenticated | None:
         """The session a token resumes, once; None if unknown or expired."""
-        now = self.reactor.seconds()
-        while self._sessions:
-            oldest = next(iter(self._sessions.values()))
-            if oldest[0] > now:
-                break
-            self._sessions.popitem(last=False)
+        self._prune_sessions(self.reactor.seconds())
         found = self._sessions.pop(token, None)
         if found is None:
             return None
@@ -145,20 +147,21 @@ class LinkHub:
 
     def link_authenticated(self, adapter: LinkAdapter, event: Authenticated) -> None:
         self._pending.discard(adapter)
-        links = self.by_peer.setdefault(event.peer_id, [])
-        if len(links) >= self.config.links_per_peer:
+        links = self.by_peer.get(event.peer_id)
+        if links is None:
+            links = self.by_peer[event.peer_id] = []
+        elif len(links) >= self.config.links_per_peer:
             self.refusals[ErrorCode.TOO_MANY_LINKS_FOR_PEER.label] = self.refusals.get(
                 ErrorCode.TOO_MANY_LINKS_FOR_PEER.label, 0) + 1
             adapter.close(ErrorCode.TOO_MANY_LINKS_FOR_PEER, "this node id has as many links as it may")
             return
         links.append(adapter)
         if event.role is Role.CLIENT and not adapter.conn.initiator:
-            self._sessions[event.session_token] = (self.reactor.seconds() + self.config.session_ttl, event.peer_id,
-                                                   int(event.role), event.version, event.capabilities,
-                                                   tuple(event.features))
-            self._resume(b"")  # prunes expired sessions
-            while len(self._sessions) > MAX_SESSIONS:
-                self._sessions.popitem(last=False)
+            now = self.reactor.seconds()
+            sessions = self._sessions
+            sessions[event.session_token] = (now + self.config.session_ttl, event.peer_id, int(event.role),
+                                             event.version, event.capabilities, tuple(event.features))
+            self._prune_sessions(now)
         if self.router is not None:
             self.router.authenticated(adapter, event)
 
@@ -262,11 +265,10 @@ class _Responder:
 
     def __call__(self, now: float) -> LinkConnection:
         hub = self._hub
-        identity = hub.identity
         return LinkConnection(
-            initiator=False, role=Role.RELAY, signing_key=identity.signing_key, carrier=self._carrier,
+            initiator=False, role=Role.RELAY, signing_key=hub.identity.signing_key, carrier=self._carrier,
             settings=hub.settings, now=now, stats=hub.stats,
-            static_private=hub._link_private, static_public=identity.link_public,
+            static_private=hub._link_private, static_public=hub._link_public,
             accept_roles=_ACCEPT_ALL if hub.config.accept_relays else _ACCEPT_CLIENTS,
             replay_check=hub._fresh_handshake, refuse=self._refusal, resume_check=hub._resume,
             batch_sends=True,
