@@ -221,7 +221,7 @@ class LinkAdapter:
             self._cancel_timer()
             return
         timer = self._timer
-        if timer is not None and timer.active():
+        if timer is not None:  # pending: _fire and _cancel_timer drop it
             if deadline != self._armed_for:  # most inputs leave the deadline as it was
                 timer.reset(max(0.0, deadline - self.reactor.seconds()))  # cheaper than cancel and callLater
                 self._armed_for = deadline
@@ -235,9 +235,9 @@ class LinkAdapter:
             self._handle(self.conn.on_timer(self.reactor.seconds()))
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
+        if self._timer is not None:
             self._timer.cancel()
-        self._timer = None
+            self._timer = None
 
     def _lost(self, reason: Failure) -> None:
         self._cancel_timer()

@@ -447,12 +447,14 @@ class LinkConnection:
             return self._close(ErrorCode.UNEXPECTED_FRAME, "data before the secure channel", by_peer=False)
         if self._batch_sends and self.state is State.ACTIVE:
             return self._active_record(plaintext, now)
+        if not self.initiator and not self._hello_done:
+            flight = frames.initiator_flight(plaintext)  # a responder's commonest record in a handshake
+            if flight is not None:
+                return self._initiator_flight(*flight, now)
         events: list[Event] = []
         frames_in = self.stats.frames_in
         try:
-            # a responder's commonest record in a handshake, read in one piece; the same frames either way
-            flight = None if self.initiator or self._hello_done else frames.initiator_flight(plaintext)
-            for frame in flight if flight is not None else map(frames.decode, frames.split_record(plaintext)):
+            for frame in map(frames.decode, frames.split_record(plaintext)):
                 name = _FRAME_NAMES[type(frame)]
                 frames_in[name] = frames_in.get(name, 0) + 1
                 events += self._frame(frame, now)
@@ -634,6 +636,26 @@ class LinkConnection:
             return self._activate(now, frame.session_token)
         return self._close(ErrorCode.UNEXPECTED_FRAME,
                            f"{frames.type_name(frame)} is not expected during the handshake", by_peer=False)
+
+    def _initiator_flight(self, hello: Hello, challenge: AuthChallenge, response: AuthResponse,
+                          now: float) -> list[Event]:
+        """HELLO, AUTH_CHALLENGE and AUTH_RESPONSE in one record, before the responder's HELLO is done.
+
+        What :meth:`_frame` does with these frames one by one in that state,
+        without its dispatch: the HELLO is settled (or the link refused), the
+        challenge answered (none can have come before a HELLO), the response
+        checked; each frame counted as it is handled.
+        """
+        frames_in = self.stats.frames_in
+        frames_in["hello"] = frames_in.get("hello", 0) + 1
+        events = self._hello(hello)
+        if events:  # refused: the link is closing
+            return events
+        frames_in["auth_challenge"] = frames_in.get("auth_challenge", 0) + 1
+        self._peer_challenge = challenge.nonce
+        self._answer_challenge(now)
+        frames_in["auth_response"] = frames_in.get("auth_response", 0) + 1
+        return self._auth_response(response, now)
 
     def _hello(self, hello: Hello) -> list[Event]:
         if hello.role not in self._accept_roles:
