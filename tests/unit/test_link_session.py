@@ -8,7 +8,7 @@ import hashlib
 import pytest
 from nacl.signing import SigningKey
 
-from tests.support.linkpair import Pair, raw_frames
+from tests.support.linkpair import Pair, raw_frames, record_frame
 from zentalk_relay.link import frames
 from zentalk_relay.link.frames import ErrorCode, Role
 from zentalk_relay.link.session import (
@@ -147,6 +147,26 @@ def test_a_bad_signature_is_refused():
         frames.Hello(Role.CLIENT, (frames.PROTOCOL_VERSION,), 0), frames.AuthChallenge(b"\x00" * 32),
         frames.AuthResponse(bytes(key.verify_key), int(pair.now * 1000), b"\x00" * 64)), pair.now)
     assert events[-1].code is ErrorCode.AUTH_BAD_SIGNATURE
+
+
+def test_a_response_that_fails_costs_the_responder_no_signature(monkeypatch):
+    # HELLO, AUTH_CHALLENGE and AUTH_RESPONSE in one record (what every initiator sends): the
+    # response is checked before the challenge is signed, so a bad one is refused unsigned.
+    pair = _tls_responder()
+    pair.responder.pull(pair.now)
+    signed = []
+    original = session.auth.sign
+    monkeypatch.setattr(session.auth, "sign", lambda *args: signed.append(args) or original(*args))
+    key = SigningKey.generate()
+    flight = [frames.Hello(Role.CLIENT, (frames.PROTOCOL_VERSION,), 0), frames.AuthChallenge(b"\x01" * 32),
+              frames.AuthResponse(bytes(key.verify_key), int(pair.now * 1000), b"\x00" * 64)]
+    record = frames.pack_record([frames.encode(frame) for frame in flight])
+    assert frames.initiator_flight(record) is not None
+    events = pair.responder.receive_data(record_frame(record), pair.now)
+    assert [e.code for e in events if isinstance(e, Closing)] == [ErrorCode.AUTH_BAD_SIGNATURE]
+    assert signed == []
+    assert pair.responder.stats.frames_in["auth_response"] == 1
+    assert "auth_response" not in pair.responder.stats.frames_out
 
 
 def test_application_frames_before_authentication_are_refused():

@@ -643,8 +643,9 @@ class LinkConnection:
 
         What :meth:`_frame` does with these frames one by one in that state,
         without its dispatch: the HELLO is settled (or the link refused), the
-        challenge answered (none can have come before a HELLO), the response
-        checked; each frame counted as it is handled.
+        response checked, the challenge answered (none can have come before a
+        HELLO). The same frames leave in the same order; only the work is
+        ordered differently (see below).
         """
         frames_in = self.stats.frames_in
         frames_in["hello"] = frames_in.get("hello", 0) + 1
@@ -652,10 +653,18 @@ class LinkConnection:
         if events:  # refused: the link is closing
             return events
         frames_in["auth_challenge"] = frames_in.get("auth_challenge", 0) + 1
+        frames_in["auth_response"] = frames_in.get("auth_response", 0) + 1
+        # The peer's response is checked before its challenge is signed: the wire is the same
+        # (a refusal drops whatever was queued), and a response that fails costs no signature.
+        try:
+            self.peer_id = auth.verify(response, auth.INITIATOR, self._our_challenge, _ms(now), self._binding,
+                                       self._expected_peer_id)
+        except FrameError as error:
+            return self._close(error.code, error.detail, by_peer=False)
+        self._peer_verified = True
         self._peer_challenge = challenge.nonce
         self._answer_challenge(now)
-        frames_in["auth_response"] = frames_in.get("auth_response", 0) + 1
-        return self._auth_response(response, now)
+        return self._accepted(now)
 
     def _hello(self, hello: Hello) -> list[Event]:
         if hello.role not in self._accept_roles:
@@ -702,6 +711,10 @@ class LinkConnection:
                 self._settle(previous.role, previous.version, previous.capabilities, previous.features)
                 return self._activate(now, self._resume_token, resumed=True)
             return []
+        return self._accepted(now)
+
+    def _accepted(self, now: float) -> list[Event]:
+        """The responder has checked the initiator's AUTH_RESPONSE: AUTH_OK, and the link is ACTIVE."""
         token = self._make_token(self.peer_id) if self._make_token is not None else self._rng(32)
         self._queue_encoded("auth_ok", frames.encode_auth_ok(token), _CONTROL)
         return self._activate(now, token)
