@@ -17,7 +17,7 @@ from zentalk_relay.identity import load_identity
 from zentalk_relay.link.frames import ErrorCode, ReceiptStatus, Role, Send
 from zentalk_relay.link.protocol import StreamLinkProtocol
 from zentalk_relay.link.service import LinkHub, settings_from
-from zentalk_relay.link.session import Carrier, LinkSettings, LinkStats, State
+from zentalk_relay.link.session import Authenticated, Carrier, LinkSettings, LinkStats, State
 from zentalk_relay.ratelimit import Rate
 
 
@@ -519,13 +519,25 @@ def test_resumable_sessions_are_kept_as_plain_values_the_collector_does_not_trac
     for wire in wires:
         wire.pump()
     assert len(hub._sessions) == 3
-    gc.collect()
-    gc.collect()  # a tuple is untracked once the tuples inside it are
     assert not any(gc.is_tracked(session) for session in hub._sessions.values())
     token = next(iter(hub._sessions))
     resumed = hub._resume(token)
     assert resumed.peer_id == wires[0].node_id and resumed.role is Role.CLIENT and resumed.session_token == token
     assert hub._resume(token) is None  # once
+
+
+def test_a_resumable_session_keeps_every_field(setup):
+    from zentalk_relay.link.service import _pack_session
+
+    reactor, hub, _ = setup()
+    for features in ((), ("pex-opt-out",), ("a", "b c", "pex-opt-out")):
+        event = Authenticated(bytes(range(32)), Role.RELAY, 0x0301, 0xDEADBEEF, features, b"t" * 32)
+        hub._sessions[event.session_token] = _pack_session(reactor.seconds() + 60, event)
+        assert hub._resume(event.session_token) == event
+    event = Authenticated(bytes(32), Role.CLIENT, 0x0300, 0, (), b"u" * 32)
+    hub._sessions[event.session_token] = _pack_session(reactor.seconds() + 60, event)
+    reactor.advance(60)
+    assert hub._resume(event.session_token) is None  # expired
 
 
 def test_a_client_close_fires_once_the_transport_is_gone(setup):

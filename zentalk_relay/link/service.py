@@ -10,6 +10,7 @@ frame that names it, then counted.
 from __future__ import annotations
 
 import socket
+import struct
 import sys
 from collections import OrderedDict
 from typing import Callable
@@ -70,10 +71,8 @@ class LinkHub:
         self._link_private = bytes(identity.link_key)
         self._link_public = identity.link_public
         self._drained: list[Deferred] = []
-        #: token -> (expires, peer id, role, version, capabilities, features): plain values only, so
-        #: that the cyclic garbage collector stops tracking them (it untracks tuples of atoms); the
-        #: hub may hold 100,000 of these, and tracked they would make every full collection slower.
-        self._sessions: OrderedDict[bytes, tuple[float, bytes, int, int, int, tuple[str, ...]]] = OrderedDict()
+        #: token -> the session packed in one bytes object (see _pack_session), oldest first
+        self._sessions: OrderedDict[bytes, bytes] = OrderedDict()
         self.router = None  # set by the node when delivery is built
         self.accepting = True
 
@@ -99,7 +98,7 @@ class LinkHub:
     def _prune_sessions(self, now: float) -> None:
         """Drop expired sessions, and the oldest beyond MAX_SESSIONS (all expire after the same time)."""
         sessions = self._sessions
-        while sessions and (next(iter(sessions.values()))[0] <= now or len(sessions) > MAX_SESSIONS):
+        while sessions and (_EXPIRES(next(iter(sessions.values())))[0] <= now or len(sessions) > MAX_SESSIONS):
             sessions.popitem(last=False)
 
     def _resume(self, token: bytes) -> Authenticated | None:
@@ -108,7 +107,9 @@ class LinkHub:
         found = self._sessions.pop(token, None)
         if found is None:
             return None
-        _, peer_id, role, version, capabilities, features = found
+        _, peer_id, role, version, capabilities = _SESSION.unpack_from(found)
+        names = found[_SESSION.size:]
+        features = tuple(names.decode("ascii").split("\0")) if names else ()
         return Authenticated(peer_id, Role(role), version, capabilities, features, token)
 
     def _fresh_handshake(self, ephemeral: bytes) -> bool:
@@ -158,9 +159,7 @@ class LinkHub:
         links.append(adapter)
         if event.role is Role.CLIENT and not adapter.conn.initiator:
             now = self.reactor.seconds()
-            sessions = self._sessions
-            sessions[event.session_token] = (now + self.config.session_ttl, event.peer_id, int(event.role),
-                                             event.version, event.capabilities, tuple(event.features))
+            self._sessions[event.session_token] = _pack_session(now + self.config.session_ttl, event)
             self._prune_sessions(now)
         if self.router is not None:
             self.router.authenticated(adapter, event)
@@ -251,6 +250,18 @@ class LinkHub:
         for done in waiting:
             if not done.called:
                 done.callback(None)
+
+
+#: A resumable session: expiry, peer id, role, version, capabilities, then the feature names (printable
+#: ASCII) joined by NUL. One object per session, not a tuple of six: the hub may hold 100,000, and it
+#: touches the oldest and the newest on every handshake, so their size is memory and cache misses.
+_SESSION = struct.Struct("!d32sBHI")
+_EXPIRES = struct.Struct("!d").unpack_from
+
+
+def _pack_session(expires: float, event: Authenticated) -> bytes:
+    packed = _SESSION.pack(expires, event.peer_id, int(event.role), event.version, event.capabilities)
+    return packed + "\0".join(event.features).encode("ascii") if event.features else packed
 
 
 class _Responder:
