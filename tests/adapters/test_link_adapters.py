@@ -571,3 +571,42 @@ def test_a_client_close_drops_a_transport_that_does_not_go(setup):
     assert not fired and not aborted
     reactor.advance(0.1)
     assert aborted and fired[0].code is ErrorCode.NORMAL
+
+
+def test_the_replay_memory_refuses_a_seen_key_and_stays_bounded(setup, monkeypatch):
+    from zentalk_relay.link import service
+
+    monkeypatch.setattr(service, "REPLAY_MEMORY", 1000)
+    reactor, hub, _ = setup()
+    assert hub._fresh_handshake(b"k" * 32)
+    assert not hub._fresh_handshake(b"k" * 32)  # a replay
+    for i in range(5000):
+        assert hub._fresh_handshake(i.to_bytes(32, "big"))
+        assert len(hub._replays) <= 1000 + service.PRUNE_EVERY
+    reactor.advance(service.REPLAY_SECONDS)
+    for i in range(service.PRUNE_EVERY):  # a pruning pass within these drops what has had its time
+        hub._fresh_handshake((10_000 + i).to_bytes(32, "big"))
+    assert len(hub._replays) <= service.PRUNE_EVERY  # only keys added since the clock moved
+    assert hub._fresh_handshake(b"k" * 32)  # long forgotten
+
+
+def test_resumable_sessions_expire_and_stay_bounded(setup, monkeypatch):
+    from zentalk_relay.link import service
+
+    monkeypatch.setattr(service, "MAX_SESSIONS", 500)
+    reactor, hub, _ = setup()
+    ttl = hub.config.session_ttl
+
+    class Adapter:  # what link_authenticated reads of an adapter
+        class conn:
+            initiator = False
+
+    for i in range(2000):
+        event = Authenticated(i.to_bytes(32, "big"), Role.CLIENT, 0x0300, 0, (), i.to_bytes(32, "little"))
+        hub.link_authenticated(Adapter(), event)
+        hub.by_peer.clear()
+        assert len(hub._sessions) <= 500 + service.PRUNE_EVERY
+    newest = (1999).to_bytes(32, "little")
+    assert hub._resume(newest) is not None
+    reactor.advance(ttl)
+    assert hub._resume((1998).to_bytes(32, "little")) is None  # expired, though not yet pruned

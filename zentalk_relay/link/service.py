@@ -35,6 +35,10 @@ MAX_SESSIONS = 100_000
 #: Noise ephemeral keys remembered to refuse a replayed first handshake message.
 REPLAY_MEMORY = 65536
 REPLAY_SECONDS = 600.0
+#: Both tables above are pruned every this many insertions, in one pass over their oldest entries
+#: (inserted together, so adjacent in memory), not one scattered removal per handshake; between
+#: passes a table may hold this many more than its bound, and an entry may outlive its time.
+PRUNE_EVERY = 256
 
 
 def settings_from(config: LinkConfig, capabilities: int = 0, features: tuple[str, ...] = ()) -> LinkSettings:
@@ -73,6 +77,7 @@ class LinkHub:
         self._drained: list[Deferred] = []
         #: token -> the session packed in one bytes object (see _pack_session), oldest first
         self._sessions: OrderedDict[bytes, bytes] = OrderedDict()
+        self._sessions_added = self._replays_added = 0  # since each table's last pruning
         self.router = None  # set by the node when delivery is built
         self.accepting = True
 
@@ -103,9 +108,8 @@ class LinkHub:
 
     def _resume(self, token: bytes) -> Authenticated | None:
         """The session a token resumes, once; None if unknown or expired."""
-        self._prune_sessions(self.reactor.seconds())
         found = self._sessions.pop(token, None)
-        if found is None:
+        if found is None or _EXPIRES(found)[0] <= self.reactor.seconds():
             return None
         _, peer_id, role, version, capabilities = _SESSION.unpack_from(found)
         names = found[_SESSION.size:]
@@ -113,15 +117,16 @@ class LinkHub:
         return Authenticated(peer_id, Role(role), version, capabilities, features, token)
 
     def _fresh_handshake(self, ephemeral: bytes) -> bool:
-        now = self.reactor.seconds()
-        while self._replays:
-            oldest, seen = next(iter(self._replays.items()))
-            if now - seen < REPLAY_SECONDS and len(self._replays) < REPLAY_MEMORY:
-                break
-            self._replays.popitem(last=False)
-        if ephemeral in self._replays:
+        """False if this Noise ephemeral key was seen in the last REPLAY_SECONDS (or a little longer)."""
+        replays = self._replays
+        if ephemeral in replays:
             return False
-        self._replays[ephemeral] = now
+        now = replays[ephemeral] = self.reactor.seconds()
+        self._replays_added += 1
+        if self._replays_added >= PRUNE_EVERY:
+            self._replays_added = 0
+            while replays and (now - next(iter(replays.values())) >= REPLAY_SECONDS or len(replays) > REPLAY_MEMORY):
+                replays.popitem(last=False)
         return True
 
     def build(self, carrier: Carrier, address) -> LinkAdapter:
@@ -160,7 +165,10 @@ class LinkHub:
         if event.role is Role.CLIENT and not adapter.conn.initiator:
             now = self.reactor.seconds()
             self._sessions[event.session_token] = _pack_session(now + self.config.session_ttl, event)
-            self._prune_sessions(now)
+            self._sessions_added += 1
+            if self._sessions_added >= PRUNE_EVERY:
+                self._sessions_added = 0
+                self._prune_sessions(now)
         if self.router is not None:
             self.router.authenticated(adapter, event)
 
