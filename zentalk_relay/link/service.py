@@ -101,7 +101,7 @@ class LinkHub:
         return adapter
 
     def _prune_sessions(self, now: float) -> None:
-        """Drop expired sessions, and the oldest beyond MAX_SESSIONS (all expire after the same time)."""
+        """Drop the oldest sessions while they have expired or there are more than MAX_SESSIONS."""
         sessions = self._sessions
         while sessions and (_EXPIRES(next(iter(sessions.values())))[0] <= now or len(sessions) > MAX_SESSIONS):
             sessions.popitem(last=False)

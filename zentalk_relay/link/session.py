@@ -656,12 +656,9 @@ class LinkConnection:
         frames_in["auth_response"] = frames_in.get("auth_response", 0) + 1
         # The peer's response is checked before its challenge is signed: the wire is the same
         # (a refusal drops whatever was queued), and a response that fails costs no signature.
-        try:
-            self.peer_id = auth.verify(response, auth.INITIATOR, self._our_challenge, _ms(now), self._binding,
-                                       self._expected_peer_id)
-        except FrameError as error:
-            return self._close(error.code, error.detail, by_peer=False)
-        self._peer_verified = True
+        refused = self._check_response(response, now)
+        if refused:
+            return refused
         self._peer_challenge = challenge.nonce
         self._answer_challenge(now)
         return self._accepted(now)
@@ -697,7 +694,8 @@ class LinkConnection:
         self.features = tuple(name for name in ours if name in features) if ours and features else ()
         self._hello_done = True
 
-    def _auth_response(self, response: AuthResponse, now: float) -> list[Event]:
+    def _check_response(self, response: AuthResponse, now: float) -> list[Event]:
+        """Verify the peer's AUTH_RESPONSE: nothing if it holds (the peer's id is set), else the close."""
         side = auth.RESPONDER if self.initiator else auth.INITIATOR
         try:
             self.peer_id = auth.verify(response, side, self._our_challenge, _ms(now), self._binding,
@@ -705,6 +703,12 @@ class LinkConnection:
         except FrameError as error:
             return self._close(error.code, error.detail, by_peer=False)
         self._peer_verified = True
+        return []
+
+    def _auth_response(self, response: AuthResponse, now: float) -> list[Event]:
+        refused = self._check_response(response, now)
+        if refused:
+            return refused
         if self.initiator:
             if self._resume_token is not None:
                 previous = self._resume
