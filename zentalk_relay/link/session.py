@@ -351,9 +351,7 @@ class LinkConnection:
         self._idle_check_at = now + settings.idle_after
         self._idle_probe = False
 
-        # The rate limits' buckets are made when the link becomes ACTIVE (a bucket
-        # starts full, and nothing takes from it before then).
-        # per-link rate limits, each made at its first use: an unused bucket only stays full
+        # per-link rate limits, each made at its first use (a bucket starts full, and an unused one stays so)
         self._message_bucket: TokenBucket | None = None
         self._pex_bucket: TokenBucket | None = None
 
