@@ -227,12 +227,12 @@ class LinkConnection:
     __slots__ = ("__dict__", "_accept_roles", "_allowed_total", "_auth_ok_seen", "_backlog", "_batch_sends", "_binding",
                  "_challenge_answered", "_created", "_deadline_connect", "_deadline_handshake",
                  "_ephemeral", "_expected_peer_id", "_handshaking", "_hello_done", "_idle_check_at",
-                 "_idle_probe", "_key", "_make_token", "_message_bucket", "_missed_pongs", "_next_ping", "_noise",
+                 "_idle_probe", "_key", "_message_bucket", "_missed_pongs", "_next_ping", "_noise",
                  "_our_challenge", "_padded", "_peer_challenge", "_paused_until", "_peer_consumed", "_peer_verified",
                  "_peer_window", "_pex_bucket", "_ping_out", "_ping_sequence", "_queues", "_raw_out", "_reader",
                  "_received_flow", "_recv_cipher", "_refuse", "_replay_check", "_reported_consumed",
                  "_reported_window", "_responder", "_resume", "_resume_check", "_resume_token",
-                 "_resume_tried", "_rng", "_run", "_send_cipher", "_sent_flow", "_window", "capabilities",
+                 "_resume_tried", "_rng", "_run", "_send_cipher", "_sent_flow", "_token", "_window", "capabilities",
                  "carrier", "close_code", "features", "idle", "initiator", "last_rtt", "peer_features",
                  "peer_id", "peer_role", "role", "settings", "state", "stats", "version")
 
@@ -253,7 +253,6 @@ class LinkConnection:
         expected_peer_id: bytes | None = None,
         accept_roles: tuple[Role, ...] = (Role.CLIENT, Role.RELAY),
         replay_check: Callable[[bytes], bool] | None = None,
-        session_token: Callable[[bytes], bytes] | None = None,
         refuse: tuple[ErrorCode, str] | None = None,
         resume: Authenticated | None = None,
         resume_check: Callable[[bytes], Authenticated | None] | None = None,
@@ -281,7 +280,6 @@ class LinkConnection:
         self._expected_peer_id = expected_peer_id
         self._accept_roles = accept_roles
         self._replay_check = replay_check
-        self._make_token = session_token
         self._refuse = refuse
         self._resume = resume  # initiator: the session to resume
         self._resume_check = resume_check  # responder: token -> the session it resumes
@@ -307,14 +305,23 @@ class LinkConnection:
             if static_private is None:
                 raise ValueError("a Noise responder needs its static key")
             self._responder = nk_responder(static_private, PROLOGUE, static_public)
-            self._ephemeral = rng(32)
         self._reader = LengthPrefixedReader() if carrier is not Carrier.NOISE_MESSAGES else None
         self._send_cipher = None
         self._recv_cipher = None
         self._binding: bytes | None = None
 
         # handshake progress
-        self._our_challenge = rng(32)
+        if initiator:
+            self._our_challenge = rng(32)
+            self._token: bytes | None = None
+        else:
+            # A responder's secrets for this handshake in one draw, one system call instead of
+            # three: our challenge, the session token AUTH_OK (or RESUMED) carries, and for
+            # Noise the ephemeral key.
+            draw = rng(96 if self._responder is not None else 64)
+            self._our_challenge, self._token = draw[:32], draw[32:64]
+            if self._responder is not None:
+                self._ephemeral = draw[64:]
         self._hello_done = False
         self._peer_challenge: bytes | None = None  # the nonce the peer asked us to sign
         self._challenge_answered = False
@@ -717,7 +724,7 @@ class LinkConnection:
 
     def _accepted(self, now: float) -> list[Event]:
         """The responder has checked the initiator's AUTH_RESPONSE: AUTH_OK, and the link is ACTIVE."""
-        token = self._make_token(self.peer_id) if self._make_token is not None else self._rng(32)
+        token = self._token
         self._queue_encoded("auth_ok", frames.encode_auth_ok(token), _CONTROL)
         return self._activate(now, token)
 
@@ -735,7 +742,7 @@ class LinkConnection:
         self.features = session.features
         self._hello_done = True
         self._peer_verified = True
-        token = self._make_token(session.peer_id) if self._make_token is not None else self._rng(32)
+        token = self._token
         self._queue(Resumed(True, token), Priority.CONTROL)
         self._queue(auth.respond(self._key, auth.RESPONDER, resume.nonce, _ms(now), self._binding), Priority.CONTROL)
         return self._activate(now, token, resumed=True)
@@ -1072,26 +1079,35 @@ class LinkConnection:
             if self._reader is not None and units:
                 units = [b"".join(noise_frame(u) for u in units)]
             return self._count_out(units)
+        items: list[bytes] = []
+        for queue in self._queues:  # in priority order
+            if queue:
+                items += queue
+                queue.clear()
         records: list[bytes] = []
-        batch: list[bytes] = []
-        size = 0
         seal = self._seal_padded if self._padded else self._seal
-        for queue in self._queues:
-            while queue:
-                item = queue.popleft()
+        if not items:
+            pass
+        elif len(items) == 1 or sum(map(len, items)) <= RECORD_TARGET:
+            seal(items, records)  # the usual case: one record
+        else:
+            batch: list[bytes] = []
+            size = 0
+            for item in items:
                 if batch and size + len(item) > RECORD_TARGET:
                     seal(batch, records)
                     batch, size = [], 0
                 batch.append(item)
                 size += len(item)
-        if batch:
             seal(batch, records)
         if self._reader is None:
             return self._count_out(units + records)
-        pieces = [noise_frame(u) for u in units]
+        pieces = [noise_frame(u) for u in units] if units else []
         for record in records:
             pieces += (_LENGTH(len(record)), record)
-        return self._count_out([b"".join(pieces)] if pieces else [])
+        data = b"".join(pieces)
+        self.stats.bytes_out += len(data)
+        return [data]
 
     def _seal(self, batch: list[bytes], records: list[bytes]) -> None:
         plaintext = batch[0] if len(batch) == 1 else b"".join(batch)
