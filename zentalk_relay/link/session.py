@@ -1086,11 +1086,7 @@ class LinkConnection:
                 queue.clear()
         records: list[bytes] = []
         seal = self._seal_padded if self._padded else self._seal
-        if not items:
-            pass
-        elif len(items) == 1 or sum(map(len, items)) <= RECORD_TARGET:
-            seal(items, records)  # the usual case: one record
-        else:
+        if len(items) > 1 and sum(map(len, items)) > RECORD_TARGET:
             batch: list[bytes] = []
             size = 0
             for item in items:
@@ -1100,6 +1096,8 @@ class LinkConnection:
                 batch.append(item)
                 size += len(item)
             seal(batch, records)
+        elif items:
+            seal(items, records)  # the usual case: one record
         if self._reader is None:
             return self._count_out(units + records)
         pieces = [noise_frame(u) for u in units] if units else []
