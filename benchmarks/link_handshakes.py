@@ -15,10 +15,12 @@ The reference, measured in the same run on the server CPU: the public-key
 operations the node's responder does per handshake, counted by running one
 handshake in memory with PyNaCl's functions wrapped (X25519 fixed-base
 ``crypto_scalarmult_base``, variable-base ``crypto_scalarmult``, Ed25519
-sign and verify), each timed in a loop, before the runs and again after
-them (the mean of the two; a spread above 10 % is flagged: the machine's
-speed moved). ``raw bound`` = 1 / their summed cost; ``ratio`` =
-handshakes/s / raw bound (target >= 0.5).
+sign and verify), each timed in a loop before the first run, between each
+two runs and after the last. ``raw bound`` = 1 / their summed cost; each
+run's ``ratio`` = its handshakes/s / the bound measured on either side of
+it (the mean of the two), since the host's speed drifts within minutes; a
+spread above 10 % between the measurements is flagged. The table of
+operations shows the mean of all the measurements.
 
 The connector is lean so that it is not the limit: it uses the package's
 LinkConnection for every handshake, but builds each one (ephemeral key and
@@ -417,20 +419,19 @@ def measure_crypto(args) -> dict:
 BOUND_SPREAD = 0.10
 
 
-def combine_crypto(first: dict, second: dict | None) -> dict:
-    """The bound from the mean of each operation's cost measured before and after the runs.
+def combine_crypto(measured: list[dict]) -> dict:
+    """The bound from the mean of each operation's cost over all its measurements.
 
     The machine's speed drifts (by up to a tenth within minutes on a shared
-    host, and the node's cost with it), so the bound is taken on both sides of
-    the runs; a spread above BOUND_SPREAD between the two is reported, because
-    then the ratio is not reliable either way.
+    host, and the node's cost with it), so the bound is taken around every run
+    (each run is compared with the two measurements beside it, see bench); a
+    spread above BOUND_SPREAD among them is reported, because then the ratio
+    is not reliable either way.
     """
-    if second is None:
-        return dict(first, spread=None)
-    counts = first["counts"]
-    us = {name: round((first["us_per_op"][name] + second["us_per_op"][name]) / 2, 2) for name in counts}
+    counts = measured[0]["counts"]
+    us = {name: round(sum(m["us_per_op"][name] for m in measured) / len(measured), 2) for name in counts}
     cost = sum(counts[name] * us[name] for name in counts)
-    totals = (first["us_per_handshake"], second["us_per_handshake"])
+    totals = [m["us_per_handshake"] for m in measured]
     return {"counts": counts, "us_per_op": us, "us_per_handshake": round(cost, 2),
             "raw_bound_per_s": round(1e6 / cost, 1), "measured_us_per_handshake": totals,
             "spread": round(max(totals) / min(totals) - 1, 3)}
@@ -505,6 +506,7 @@ def bench(args) -> int:
     errors: list[str] = []
     rows = []
     crypto = None
+    measured: list[dict] = []  # the public-key cost, before the first run and after each
     profile = None
     node_info = {}
     with tempfile.TemporaryDirectory(prefix="linkhs-") as tmp:
@@ -513,9 +515,9 @@ def bench(args) -> int:
             node.start()
             log(f"[zentalk-relay] node pid {node.pid} on cpu {args.server_cpu}, link port {node.link_port}")
             settle(args, "the crypto cost")
-            crypto = measure_crypto(args)
-            log(f"  responder public-key operations per handshake: {crypto['counts']}; "
-                f"{crypto['us_per_handshake']:.1f} us -> raw bound {crypto['raw_bound_per_s']:,.0f}/s")
+            measured = [measure_crypto(args)]
+            log(f"  responder public-key operations per handshake: {measured[0]['counts']}; "
+                f"{measured[0]['us_per_handshake']:.1f} us -> raw bound {measured[0]['raw_bound_per_s']:,.0f}/s")
             before = node.metric("zentalk_link_handshakes_total", {"result": "success"}) or 0.0
             # the runs of one connector alternate with the other's, so that a slow spell of the host's
             # does not fall on one connector's runs only
@@ -536,6 +538,11 @@ def bench(args) -> int:
                     r = run_connector(args, node, concurrency, mode)
                 rss1 = linkbench.rss_kib(node.pid)
                 count1 = node.metric("zentalk_link_handshakes_total", {"result": "success"}) or 0.0
+                settle(args, "the crypto cost")
+                measured.append(measure_crypto(args))
+                # this run's bound: the public-key cost measured just before it and just after it
+                r["bound_us"] = round((measured[-2]["us_per_handshake"] + measured[-1]["us_per_handshake"]) / 2, 2)
+                r["bound"] = round(1e6 / r["bound_us"], 1)
                 r["run"] = run
                 r["node_rss_before_kib"], r["node_rss_after_kib"] = rss0, rss1
                 r["node_handshakes"] = count1 - count0
@@ -552,21 +559,22 @@ def bench(args) -> int:
             node_info["node_handshake_results"] = node.metric("zentalk_link_handshakes_total")
             node_info["refusals"] = node.metric("zentalk_link_refusals_total")
             node_info["node_rss_kib"] = linkbench.rss_kib(node.pid)
-            settle(args, "the crypto cost again")
-            crypto = combine_crypto(crypto, measure_crypto(args))
             if args.profile == "py-spy":
                 profile = profile_run(args, node, max(args.concurrency))
         except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError) as error:
             errors.append(str(error))
         finally:
             node.stop()
+            if measured:
+                crypto = combine_crypto(measured)
 
     bound = crypto["raw_bound_per_s"] if crypto else None
+    rows = [r for r in rows if r.get("bound")]  # a run without a measurement after it (an error) has no ratio
     for r in rows:
-        r["ratio"] = round(r["rate"] / bound, 3) if bound else None
+        r["ratio"] = round(r["rate"] / r["bound"], 3)
         if r.get("srv_cpu") and r["rate"]:
             r["node_us_per_handshake"] = round(r["srv_cpu"] / r["rate"] * 1e6, 1)
-    # Per connector and concurrency, the run with the median rate stands for them (one run is one
+    # Per connector and concurrency, the run with the median ratio stands for them (one run is one
     # sample of a host whose speed moves by a few per cent within minutes); per connector, the
     # concurrency whose median is highest.
     medians = {}
@@ -574,12 +582,12 @@ def bench(args) -> int:
         medians.setdefault((r.get("connector"), r["concurrency"]), []).append(r)
     best_by_mode = {}
     for (mode, _), runs in medians.items():
-        runs.sort(key=lambda r: r["rate"])
-        median = dict(runs[(len(runs) - 1) // 2], runs=[r["rate"] for r in runs])
-        if mode not in best_by_mode or median["rate"] > best_by_mode[mode]["rate"]:
+        runs.sort(key=lambda r: r["ratio"])
+        median = dict(runs[(len(runs) - 1) // 2], runs=[r["ratio"] for r in runs])
+        if mode not in best_by_mode or median["ratio"] > best_by_mode[mode]["ratio"]:
             best_by_mode[mode] = median
     # the verdict is the node's own cost: the polling connector's figure where it ran (see the docstring)
-    best = best_by_mode.get("polls") or (max(best_by_mode.values(), key=lambda r: r["rate"]) if rows else None)
+    best = best_by_mode.get("polls") or (max(best_by_mode.values(), key=lambda r: r["ratio"]) if rows else None)
 
     if args.json:
         print(json.dumps({
@@ -605,14 +613,14 @@ def bench(args) -> int:
             ["responder operation (PyNaCl, CPU %d)" % args.server_cpu, "per handshake", "us each", "us"],
             [[name, str(c[name]), f"{us[name]:.2f}", f"{c[name] * us[name]:.2f}"] for name in c]
             + [["total", "", "", f"{crypto['us_per_handshake']:.2f}"]]))
-        print(f"raw bound: 1 / {crypto['us_per_handshake']:.2f} us = {bound:,.0f} handshakes/s")
-        if crypto.get("measured_us_per_handshake"):
-            first, second = crypto["measured_us_per_handshake"]
-            spread = crypto["spread"]
-            print(f"  measured before the runs {first:.2f} us, after them {second:.2f} us; the mean of "
-                  f"each operation is used" + (f" (spread {spread:.0%}: the machine's speed moved, the ratio is "
-                                               "not reliable)"
-                                       if spread > BOUND_SPREAD else ""))
+        print(f"raw bound: 1 / {crypto['us_per_handshake']:.2f} us = {bound:,.0f} handshakes/s (the mean of "
+              f"{len(crypto['measured_us_per_handshake'])} measurements)")
+        spread = crypto["spread"]
+        print("  measured before the first run, between the runs and after the last: "
+              + ", ".join(f"{us:.2f}" for us in crypto["measured_us_per_handshake"])
+              + " us; each run is compared with the two beside it"
+              + (f" (spread {spread:.0%}: the machine's speed moved, the ratio is not reliable)"
+                 if spread > BOUND_SPREAD else ""))
     print()
     head = ["in flight", "connector", "run", "handshakes/s", "raw bound/s", "ratio", "node us/hs", "p50 ms", "p99 ms",
             f"cpu{args.server_cpu} busy", "srv cpu", "gen cpu", "other", "SYN drops", "failed"]
@@ -620,7 +628,7 @@ def bench(args) -> int:
     for r in rows:
         cpus = r.get("cpus") or {}
         busy = cpus.get(str(args.server_cpu), {}).get("busy")
-        body.append([str(r["concurrency"]), r.get("connector", ""), str(r.get("run", 1)), f"{r['rate']:,.0f}", f"{bound:,.0f}" if bound else "n/a",
+        body.append([str(r["concurrency"]), r.get("connector", ""), str(r.get("run", 1)), f"{r['rate']:,.0f}", f"{r['bound']:,.0f}",
                      f"{r['ratio']:.3f}" if r.get("ratio") is not None else "n/a",
                      f"{r.get('node_us_per_handshake', 0):.0f}",
                      _ms(r.get("p50_ms")), _ms(r.get("p99_ms")),
@@ -650,9 +658,9 @@ def bench(args) -> int:
     for mode, r in best_by_mode.items():
         verdict = "meets" if r["ratio"] >= TARGET_RATIO else "BELOW"
         of = ("" if len(r["runs"]) == 1 else f"the median of {len(r['runs'])} runs ("
-              + ", ".join(f"{rate / bound:.3f}" for rate in r["runs"]) + "), ")
+              + ", ".join(f"{ratio:.3f}" for ratio in r["runs"]) + "), ")
         print(f"\nratio, connector {mode}, {r['concurrency']} in flight: {of}handshakes/s / raw bound: "
-              f"{r['rate']:,.0f} / {bound:,.0f} = {r['ratio']:.3f} ({verdict} the target {TARGET_RATIO})"
+              f"{r['rate']:,.0f} / {r['bound']:,.0f} = {r['ratio']:.3f} ({verdict} the target {TARGET_RATIO})"
               + (" <- the verdict: the node's own cost" if r is best and len(best_by_mode) > 1 else ""))
     if profile:
         print()
