@@ -329,8 +329,9 @@ class LinkConnection:
         self._auth_ok_seen = False
 
         # outbound: each queue holds frames already behind their record length
-        # prefix, one frame or several (a run of DELIVERs or RECEIPTs) per item
-        self._queues: tuple[deque[bytes], ...] = (deque(), deque(), deque(), deque())
+        # prefix, one frame or several (a run of DELIVERs or RECEIPTs) per item.
+        # Lists: pull takes each whole (an empty deque is ten times the size of an empty list).
+        self._queues: tuple[list[bytes], ...] = ([], [], [], [])
         self._raw_out: list[bytes] = []  # handshake messages, sent as they are
         self._backlog: deque[bytes] = deque()  # flow-controlled frames waiting for credit, one per item
         self._sent_flow = 0
