@@ -333,7 +333,9 @@ class LinkConnection:
         # Lists: pull takes each whole (an empty deque is ten times the size of an empty list).
         self._queues: tuple[list[bytes], ...] = ([], [], [], [])
         self._raw_out: list[bytes] = []  # handshake messages, sent as they are
-        self._backlog: deque[bytes] = deque()  # flow-controlled frames waiting for credit, one per item
+        #: Flow-controlled frames waiting for credit, one per item: an empty tuple until the first
+        #: waits (most links never have one), then a deque.
+        self._backlog: deque[bytes] | tuple[()] = ()
         self._sent_flow = 0
         self._peer_window = INITIAL_WINDOW
         self._peer_consumed = 0
@@ -873,7 +875,7 @@ class LinkConnection:
                 if len(self._backlog) >= self.settings.max_backlog:
                     return False
                 encoded = frames.encode(frame)
-                self._backlog.append(_LENGTH(len(encoded)) + encoded)
+                self._waiting().append(_LENGTH(len(encoded)) + encoded)
                 return True
             self._sent_flow += 1
             self._idle_check_at = now + self.settings.idle_after
@@ -915,6 +917,8 @@ class LinkConnection:
         if ready == count:
             return count
         waiting = max(0, min(count - ready, self.settings.max_backlog - len(backlog)))
+        if waiting:
+            backlog = self._waiting()
         for index in range(ready, ready + waiting):
             message_id, _, body = items[index]
             backlog.append(_FRAME_HEAD(17 + len(body), _DELIVER) + message_id + body)
@@ -933,6 +937,13 @@ class LinkConnection:
         frames_out = self.stats.frames_out
         frames_out["receipt"] = frames_out.get("receipt", 0) + len(message_ids)
         return True
+
+    def _waiting(self) -> deque[bytes]:
+        """The backlog, made at its first use."""
+        backlog = self._backlog
+        if not isinstance(backlog, deque):
+            backlog = self._backlog = deque()
+        return backlog
 
     def _release_backlog(self, now: float) -> None:
         credit = self.credit(now)
@@ -1032,7 +1043,8 @@ class LinkConnection:
         # undelivered messages from the Closing event and keeps them elsewhere).
         for queue in self._queues:
             queue.clear()
-        self._backlog.clear()
+        if self._backlog:
+            self._backlog.clear()
         if not by_peer and secure and self._binding is not None:
             self._queue(Close(code, reason), Priority.CONTROL)
         if self.state is not State.ACTIVE:
