@@ -43,7 +43,7 @@ the verdict. ``sleeps``: epoll_wait with a 10 ms timeout, the node's figure
 with those wake-ups in it, printed beside it.
 
 Each connector runs ``--runs`` times (3), the two connectors' runs taking
-turns, and the run with the median rate is each one's figure: this host's
+turns, and the run with the median ratio is each one's figure: this host's
 speed moves by a few per cent within minutes (the node's interpreted code
 more than the bound's tight loops), so a single run is a single sample.
 Every run is printed.

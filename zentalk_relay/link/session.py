@@ -1043,8 +1043,7 @@ class LinkConnection:
         # undelivered messages from the Closing event and keeps them elsewhere).
         for queue in self._queues:
             queue.clear()
-        if self._backlog:
-            self._backlog.clear()
+        self._backlog = ()
         if not by_peer and secure and self._binding is not None:
             self._queue(Close(code, reason), Priority.CONTROL)
         if self.state is not State.ACTIVE:
@@ -1116,9 +1115,7 @@ class LinkConnection:
         pieces = [noise_frame(u) for u in units] if units else []
         for record in records:
             pieces += (_LENGTH(len(record)), record)
-        data = b"".join(pieces)
-        self.stats.bytes_out += len(data)
-        return [data]
+        return self._count_out([b"".join(pieces)])
 
     def _seal(self, batch: list[bytes], records: list[bytes]) -> None:
         plaintext = batch[0] if len(batch) == 1 else b"".join(batch)
